@@ -1,0 +1,199 @@
+"""`raft-assets run`: materialize the graph without the UI, into the same Dagster instance."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from raft_assets.automation.sensors import partition_changes
+from raft_assets.definitions import defs
+from raft_assets.ingestion.sources import SourcesError
+from raft_assets.instance import local_instance
+from raft_assets.partitions import doc_sources
+from raft_assets.settings import ProjectPaths
+
+console = Console()
+STATUS_STYLE = {"materialized": "green", "check failed": "red", "failed": "red", "skipped": "yellow"}
+
+
+class RunError(Exception):
+    """A run that cannot start: bad selection, unknown source, invalid sources file."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one asset (one partition of it, for per-source assets) in the run."""
+
+    asset: str
+    partition: str | None
+    status: str  # a key of STATUS_STYLE
+    rows: int | None = None
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.asset}[{self.partition}]" if self.partition else self.asset
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome]
+    problems: list[str]  # failed steps and failed checks, with their messages
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(outcome.status == "materialized" for outcome in self.outcomes)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    instance = local_instance()
+    started = time.monotonic()
+    try:
+        report = materialize(args.select, args.source, instance, verbose=args.verbose)
+    except (RunError, SourcesError) as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        return 2
+    print_summary(report, time.monotonic() - started, instance)
+    return 0 if report.ok else 1
+
+
+def materialize(selection: str, sources: list[str] | None, instance: dg.DagsterInstance, verbose: bool) -> RunReport:
+    """Run the selected per-source assets partition by partition, then the other selected assets."""
+    asset_graph = defs.resolve_asset_graph()
+    keys = resolve_selection(selection, asset_graph)
+    ordered = [key for key in asset_graph.toposorted_asset_keys if key in keys]
+    per_source = [key for key in ordered if asset_graph.get(key).partitions_def is not None]
+    global_keys = [key for key in ordered if asset_graph.get(key).partitions_def is None]
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    # Without --verbose the summary below says what failed; Dagster's own log stays quiet.
+    run_config = {} if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    report = RunReport([], [])
+    partition_keys = sync_partitions(instance, ProjectPaths.from_env(), only=sources) if per_source else []
+    for partition_key in partition_keys:
+        console.print(f"[bold]▶[/bold] {names(per_source)} for source {escape(partition_key)}")
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition_key,
+            asset_selection=per_source,
+            run_config=run_config,
+            raise_on_error=False,
+        )
+        add_result(report, result, per_source, partition_key)
+    if global_keys and report.problems:
+        report.outcomes += [Outcome(key.to_user_string(), None, "skipped") for key in global_keys]
+    elif global_keys:
+        console.print(f"[bold]▶[/bold] {names(global_keys)}")
+        result = job.execute_in_process(
+            instance=instance, asset_selection=global_keys, run_config=run_config, raise_on_error=False
+        )
+        add_result(report, result, global_keys, None)
+    return report
+
+
+def names(keys: list[dg.AssetKey]) -> str:
+    return ", ".join(key.to_user_string() for key in keys)
+
+
+def resolve_selection(selection: str, asset_graph: dg.AssetGraph) -> set[dg.AssetKey]:
+    """Comma-separated clauses of Dagster's asset selection syntax, united."""
+    clauses = [clause.strip() for clause in selection.split(",") if clause.strip()]
+    if not clauses:
+        raise RunError("--select is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return set().union(*(dg.AssetSelection.from_string(clause).resolve(asset_graph) for clause in clauses))
+    except dg.DagsterInvalidSubsetError as error:
+        known = names(sorted(asset_graph.get_all_asset_keys()))
+        raise RunError(f"{error}\nKnown assets: {known}") from None
+    except dg.DagsterInvalidAssetSelectionError as error:
+        raise RunError(f"cannot parse --select {selection!r}: {error}") from None
+
+
+def sync_partitions(instance: dg.DagsterInstance, paths: ProjectPaths, only: list[str] | None) -> list[str]:
+    """Make the `doc_sources` partitions match the sources file; return the keys to run, in file order."""
+    wanted = [spec.name for spec in paths.sources()]
+    added, removed = partition_changes(instance.get_dynamic_partitions(doc_sources.name), wanted)
+    if added:
+        instance.add_dynamic_partitions(doc_sources.name, added)
+    for key in removed:
+        instance.delete_dynamic_partition(doc_sources.name, key)
+    if not only:
+        return wanted
+    unknown = [name for name in only if name not in wanted]
+    if unknown:
+        raise RunError(f"unknown source {', '.join(unknown)}; sources in {paths.sources_file}: {', '.join(wanted)}")
+    return [name for name in wanted if name in only]
+
+
+def add_result(
+    report: RunReport, result: dg.ExecuteInProcessResult, keys: list[dg.AssetKey], partition: str | None
+) -> None:
+    """Record each asset's outcome and every failed step or check of one in-process run."""
+    where = f" [{partition}]" if partition else ""
+    failed_steps = set()
+    for event in result.all_events:
+        if event.is_step_failure:
+            failed_steps.add(event.step_key)
+            error = event.step_failure_data.error
+            report.problems.append(
+                f"step {event.step_key}{where} failed: {error.message.strip() if error else 'unknown error'}"
+            )
+    failed_checks = set()
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            failed_checks.add(evaluation.asset_key)
+            reason = f": {evaluation.description}" if evaluation.description else ""
+            report.problems.append(
+                f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{where} failed{reason}"
+            )
+    materializations = {event.asset_key: event.materialization for event in result.get_asset_materialization_events()}
+    for key in keys:
+        materialization = materializations.get(key)
+        if materialization is None:
+            status = "failed" if key.to_python_identifier() in failed_steps else "skipped"
+            report.outcomes.append(Outcome(key.to_user_string(), partition, status))
+            continue
+        rows = materialization.metadata.get("dagster/row_count")
+        path = materialization.metadata.get("path")
+        report.outcomes.append(
+            Outcome(
+                key.to_user_string(),
+                partition,
+                "check failed" if key in failed_checks else "materialized",
+                rows=rows.value if rows else None,
+                path=display_path(path.value) if path else None,
+            )
+        )
+
+
+def display_path(path: str) -> str:
+    """Relative to the working directory when inside it: shorter in a terminal."""
+    absolute = Path(path)
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else path
+
+
+def print_summary(report: RunReport, seconds: float, instance: dg.DagsterInstance) -> None:
+    table = Table(title=f"raft-assets run: {len(report.outcomes)} materializations planned, {seconds:.1f} s")
+    for column in ("asset", "status", "rows", "file"):
+        table.add_column(column, overflow="fold")
+    for outcome in report.outcomes:
+        table.add_row(
+            escape(outcome.label),
+            f"[{STATUS_STYLE[outcome.status]}]{outcome.status}[/]",
+            "-" if outcome.rows is None else str(outcome.rows),
+            escape(outcome.path or "-"),
+        )
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[red]✗[/red] {escape(problem)}")
+    console.print(f"Runs are recorded in {instance.root_directory}; `make dev` shows them in the Dagster UI.")

@@ -1,0 +1,14 @@
+"""The code location: every asset, check, job, sensor and resource of the project."""
+
+import dagster as dg
+
+from raft_assets.automation.sensors import doc_sources_sensor, per_source_job
+from raft_assets.ingestion.assets import chunks, documents
+from raft_assets.settings import ProjectPaths
+
+defs = dg.Definitions(
+    assets=[documents, chunks],
+    jobs=[per_source_job],
+    sensors=[doc_sources_sensor],
+    resources={"paths": ProjectPaths.from_env()},
+)

@@ -1,0 +1,1 @@
+"""Ingestion: document sources, loading them into documents, and splitting documents into chunks."""

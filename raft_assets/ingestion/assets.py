@@ -1,0 +1,116 @@
+"""The per-source ingestion assets: `documents` and `chunks`."""
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from raft_assets.hashing import content_hash
+from raft_assets.ingestion.chunking import SEPARATORS, split_documents
+from raft_assets.ingestion.documents import load_source
+from raft_assets.partitions import doc_sources
+from raft_assets.settings import ProjectPaths
+from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
+
+
+class DocumentsConfig(dg.Config):
+    max_failure_rate: float = Field(
+        default=0.25, ge=0, le=1, description="Largest share of unreadable documents that still passes the check."
+    )
+
+
+class ChunksConfig(dg.Config):
+    chunk_size: int = Field(default=1000, gt=0, description="Characters per chunk (not tokens), as the reference.")
+    chunk_overlap: int = Field(default=100, ge=0, description="Characters shared by neighbouring chunks.")
+    min_chunk_chars: int = Field(default=100, ge=0, description="Chunks of this many characters or fewer are dropped.")
+
+
+@dg.asset(
+    partitions_def=doc_sources,
+    group_name="ingestion",
+    kinds={"python", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "has_documents", asset="documents", blocking=True, description="At least one document loaded."
+        ),
+        dg.AssetCheckSpec(
+            "failure_rate_within_bound",
+            asset="documents",
+            blocking=True,
+            description="The share of unreadable documents is at most `max_failure_rate`.",
+        ),
+    ],
+)
+def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths: ProjectPaths) -> dg.MaterializeResult:
+    """The text of every file or page of a source; one that cannot be read is a row with its `error`."""
+    spec = paths.source(context.partition_key)
+    load = load_source(spec)
+    frame = load.documents
+    path = paths.stage_file("documents", spec.name)
+    write_parquet(frame, path)
+
+    failed = frame.filter(pl.col("error").is_not_null())
+    loaded = frame.height - failed.height
+    failure_rate = failed.height / frame.height if frame.height else 1.0
+    context.log.info(f"{spec.name}: {loaded} documents loaded, {failed.height} failed")
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(frame, path),
+            "kind": spec.kind,
+            "loaded": loaded,
+            "failed": failed.height,
+            "failure_rate": failure_rate,
+            "characters": int(frame["text"].str.len_chars().sum()),
+            **{f"not_fetched_{reason}": count for reason, count in load.not_fetched.items()},
+            "preview": markdown_preview(frame.filter(pl.col("error").is_null()).select("title", "uri", "text")),
+            "errors": markdown_preview(failed.select("uri", "error"), rows=20, max_chars=200),
+        },
+        data_version=dg.DataVersion(content_hash(*frame["doc_id"], *frame["content_hash"].fill_null(""))),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="has_documents",
+                passed=loaded > 0,
+                metadata={"loaded": loaded},
+                description=None if loaded else f"No document of source {spec.name!r} could be loaded.",
+            ),
+            dg.AssetCheckResult(
+                check_name="failure_rate_within_bound",
+                passed=failure_rate <= config.max_failure_rate,
+                metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
+                description=f"{failed.height} of {frame.height} documents could not be read "
+                f"({failure_rate:.0%}; the bound is {config.max_failure_rate:.0%}).",
+            ),
+        ],
+    )
+
+
+@dg.asset(partitions_def=doc_sources, group_name="ingestion", kinds={"python", "parquet"}, deps=[documents])
+def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: ProjectPaths) -> dg.MaterializeResult:
+    """Documents split with `RecursiveCharacterTextSplitter`; short and repeated chunks dropped."""
+    if config.chunk_overlap >= config.chunk_size:
+        raise dg.Failure(
+            f"chunk_overlap ({config.chunk_overlap}) must be smaller than chunk_size ({config.chunk_size})."
+        )
+    source = context.partition_key
+    documents_frame = read_parquet(paths.stage_file("documents", source), "documents")
+    result = split_documents(documents_frame, config.chunk_size, config.chunk_overlap, config.min_chunk_chars)
+    frame = result.chunks
+    path = paths.stage_file("chunks", source)
+    write_parquet(frame, path)
+
+    lengths = frame["text"].str.len_chars()
+    context.log.info(f"{source}: {frame.height} chunks from {frame['doc_id'].n_unique()} documents")
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(frame, path),
+            "documents_chunked": frame["doc_id"].n_unique(),
+            "dropped_short": result.dropped_short,
+            "dropped_duplicate": result.dropped_duplicate,
+            "mean_chunk_chars": float(lengths.mean() or 0.0),
+            "max_chunk_chars": int(lengths.max() or 0),
+            "chunk_size": config.chunk_size,
+            "chunk_overlap": config.chunk_overlap,
+            "separators": repr(SEPARATORS),
+            "preview": markdown_preview(frame.select("chunk_id", "position", "text")),
+        },
+        data_version=dg.DataVersion(content_hash(*frame["chunk_id"])),
+    )

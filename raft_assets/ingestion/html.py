@@ -1,0 +1,29 @@
+"""Turning an HTML page into text, the way the reference recipe cleans pages."""
+
+from __future__ import annotations
+
+from bs4 import BeautifulSoup
+
+# Site chrome the reference drops (nav, header, list widgets), plus what is not body text.
+CHROME_TAGS = ["head", "nav", "header", "script", "style", "noscript", "template"]
+
+
+def page_title(soup: BeautifulSoup) -> str:
+    if soup.title and soup.title.get_text(strip=True):
+        return soup.title.get_text(strip=True)
+    heading = soup.find("h1")
+    return heading.get_text(" ", strip=True) if heading else ""
+
+
+def page_text(soup: BeautifulSoup) -> str:
+    """The page's text without chrome: one line per non-empty source line, spaces collapsed.
+
+    The reference joins all lines with spaces; keeping the line breaks lets the splitter cut at
+    block boundaries.  Mutates `soup`.
+    """
+    for tag in soup.find_all(CHROME_TAGS):
+        tag.decompose()
+    for tag in soup.find_all("div", attrs={"role": "list"}):
+        tag.decompose()
+    lines = (" ".join(line.split()) for line in soup.get_text().splitlines())
+    return "\n".join(line for line in lines if line)

@@ -1,0 +1,124 @@
+"""Loading a local folder: text, markdown, HTML and PDF files, one document per file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from bs4 import BeautifulSoup
+from pypdf import PdfReader
+
+from raft_assets.ingestion.html import page_text, page_title
+from raft_assets.ingestion.loaded import DocumentError, LoadedDocument
+from raft_assets.ingestion.sources import LocalSource, SourcesError
+
+_MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+_SNIFF_BYTES = 8192
+
+
+def load_folder(source: LocalSource) -> list[LoadedDocument]:
+    """One `LoadedDocument` per matching file, in path order; unreadable files carry their error."""
+    if not source.path.is_dir():
+        raise SourcesError(f"Folder {source.path} of source {source.name!r} does not exist.")
+    max_bytes = int(source.max_file_mb * 1_000_000)
+    return [load_file(path, source.path, max_bytes) for path in matching_files(source)]
+
+
+def matching_files(source: LocalSource) -> list[Path]:
+    """Files (and dangling links, reported as unreadable) matched by include, not by exclude.
+
+    An exclude pattern that matches a folder (`drafts/**`) excludes everything under it.
+    """
+
+    def glob(patterns: list[str]) -> set[Path]:
+        return {path for pattern in patterns for path in source.path.glob(pattern)}
+
+    excluded = glob(source.exclude)
+    return sorted(
+        path
+        for path in glob(source.include)
+        if (path.is_file() or path.is_symlink()) and not excluded.intersection([path, *path.parents])
+    )
+
+
+def load_file(path: Path, root: Path, max_bytes: int) -> LoadedDocument:
+    uri = path.relative_to(root).as_posix()
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        return LoadedDocument.failed(uri, f"unsupported file type {path.suffix or '(none)'!r}")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise DocumentError("empty file")
+        if size > max_bytes:
+            raise DocumentError(f"file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit (max_file_mb)")
+        title, text = reader(path)
+    except DocumentError as error:
+        return LoadedDocument.failed(uri, str(error))
+    except OSError as error:
+        return LoadedDocument.failed(uri, f"cannot read file: {error.strerror or error}")
+    if not text.strip():
+        return LoadedDocument.failed(uri, "no text in the file")
+    return LoadedDocument(uri=uri, title=title or path.stem, text=text)
+
+
+def _decode_text(data: bytes) -> str:
+    if b"\x00" in data[:_SNIFF_BYTES]:
+        raise DocumentError("binary content (NUL bytes) in a text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DocumentError(f"not valid UTF-8: byte 0x{data[error.start]:02x} at offset {error.start}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_markdown(path: Path) -> tuple[str, str]:
+    text = _decode_text(path.read_bytes())
+    heading = _MARKDOWN_HEADING.search(text)
+    return (heading.group(1) if heading else ""), text
+
+
+def _read_plain_text(path: Path) -> tuple[str, str]:
+    text = _decode_text(path.read_bytes())
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first_line[:120], text
+
+
+def _read_html(path: Path) -> tuple[str, str]:
+    data = path.read_bytes()
+    if b"\x00" in data[:_SNIFF_BYTES]:
+        raise DocumentError("binary content (NUL bytes) in an HTML file")
+    soup = BeautifulSoup(data, "lxml")
+    title = page_title(soup)
+    text = page_text(soup)
+    if not text:
+        raise DocumentError("no text in the page after removing navigation and headers")
+    return title, text
+
+
+def _read_pdf(path: Path) -> tuple[str, str]:
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise DocumentError("encrypted PDF")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = (reader.metadata.title if reader.metadata else None) or ""
+    except (DocumentError, OSError):
+        raise
+    except Exception as error:  # pypdf raises many exception types on malformed files
+        raise DocumentError(f"not a readable PDF: {type(error).__name__}: {error}") from None
+    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    if not text:
+        raise DocumentError("PDF has no extractable text (scanned images?)")
+    return str(title).strip(), text
+
+
+_READERS: dict[str, Callable[[Path], tuple[str, str]]] = {
+    ".md": _read_markdown,
+    ".markdown": _read_markdown,
+    ".txt": _read_plain_text,
+    ".html": _read_html,
+    ".htm": _read_html,
+    ".pdf": _read_pdf,
+}

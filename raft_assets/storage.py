@@ -1,0 +1,50 @@
+"""Parquet files of the assets, and the metadata that shows them in the Dagster UI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write atomically: a reader never sees a half-written file, a crash leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    frame.write_parquet(partial)
+    os.replace(partial, path)
+
+
+def read_parquet(path: Path, asset: str) -> pl.DataFrame:
+    if not path.is_file():
+        raise dg.Failure(f"{path} does not exist: materialize {asset!r} for this partition first.")
+    return pl.read_parquet(path)
+
+
+def table_metadata(frame: pl.DataFrame, path: Path) -> dict[str, Any]:
+    """Row count, column schema and the file's path, under Dagster's standard metadata keys."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+    return {
+        "dagster/row_count": frame.height,
+        "dagster/column_schema": schema,
+        "path": dg.MetadataValue.path(str(path.resolve())),
+    }
+
+
+def markdown_preview(frame: pl.DataFrame, rows: int = 5, max_chars: int = 80) -> dg.MarkdownMetadataValue:
+    """The first rows as a markdown table, long strings cut to `max_chars`."""
+    flat = frame.head(rows).with_columns(
+        pl.col(pl.String).str.replace_all("\n", " ", literal=True).str.replace_all("|", "\\|", literal=True)
+    )
+    with pl.Config(
+        tbl_formatting="MARKDOWN",
+        tbl_hide_column_data_types=True,
+        tbl_hide_dataframe_shape=True,
+        fmt_str_lengths=max_chars,
+        tbl_rows=rows,
+        tbl_width_chars=10_000,
+    ):
+        return dg.MetadataValue.md(str(flat))
