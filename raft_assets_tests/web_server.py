@@ -15,6 +15,7 @@ class Route:
     content_type: str = "text/html; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    fail_first: int = 0  # answer 503 to this many requests before serving the route
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class WebServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 server.requests.append(Request(self.path, self.headers.get("Host", ""), time.monotonic()))
                 route = server.routes.get(self.path, Route(b"<html><body>Not found</body></html>", status=404))
+                if server.paths_requested().count(self.path) <= route.fail_first:
+                    route = Route(b"busy", status=503)
                 if route.delay_s:
                     time.sleep(route.delay_s)
                 try:

@@ -9,7 +9,6 @@ from raft_assets.settings import ProjectPaths
 per_source_job = dg.define_asset_job(
     "per_source_job",
     selection=dg.AssetSelection.assets(documents, chunks),
-    partitions_def=doc_sources,
     description="Every per-source asset, for one source.",
 )
 

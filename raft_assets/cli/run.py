@@ -111,12 +111,14 @@ def resolve_selection(selection: str, asset_graph: dg.AssetGraph) -> set[dg.Asse
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dg.BetaWarning)
-            return set().union(*(dg.AssetSelection.from_string(clause).resolve(asset_graph) for clause in clauses))
+            selections = [dg.AssetSelection.from_string(clause) for clause in clauses]
+    except dg.DagsterError as error:
+        raise RunError(f"cannot parse --select {selection!r}: {error}") from None
+    try:
+        return set().union(*(clause.resolve(asset_graph) for clause in selections))
     except dg.DagsterInvalidSubsetError as error:
         known = names(sorted(asset_graph.get_all_asset_keys()))
         raise RunError(f"{error}\nKnown assets: {known}") from None
-    except dg.DagsterInvalidAssetSelectionError as error:
-        raise RunError(f"cannot parse --select {selection!r}: {error}") from None
 
 
 def sync_partitions(instance: dg.DagsterInstance, paths: ProjectPaths, only: list[str] | None) -> list[str]:

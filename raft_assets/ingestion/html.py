@@ -6,6 +6,9 @@ from bs4 import BeautifulSoup
 
 # Site chrome the reference drops (nav, header, list widgets), plus what is not body text.
 CHROME_TAGS = ["head", "nav", "header", "script", "style", "noscript", "template"]
+# Elements that end a line of text even when the HTML has them on one line.
+BLOCK_TAGS = ["p", "div", "section", "article", "h1", "h2", "h3", "h4", "h5", "h6", "li", "dt", "dd", "tr"]
+BLOCK_TAGS += ["pre", "blockquote", "table", "ul", "ol", "br", "hr"]
 
 
 def page_title(soup: BeautifulSoup) -> str:
@@ -16,7 +19,7 @@ def page_title(soup: BeautifulSoup) -> str:
 
 
 def page_text(soup: BeautifulSoup) -> str:
-    """The page's text without chrome: one line per non-empty source line, spaces collapsed.
+    """The page's text without chrome: one line per block or source line, spaces collapsed.
 
     The reference joins all lines with spaces; keeping the line breaks lets the splitter cut at
     block boundaries.  Mutates `soup`.
@@ -25,5 +28,8 @@ def page_text(soup: BeautifulSoup) -> str:
         tag.decompose()
     for tag in soup.find_all("div", attrs={"role": "list"}):
         tag.decompose()
+    for tag in soup.find_all(BLOCK_TAGS):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
     lines = (" ".join(line.split()) for line in soup.get_text().splitlines())
     return "\n".join(line for line in lines if line)

@@ -1,0 +1,85 @@
+"""`raft-assets run` as a user runs it: a subprocess with its own DAGSTER_HOME and data folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from raft_assets_tests.conftest import write_sources
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(tmp_path: Path, *args: str, sources: Path | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "RAFT_DATA_DIR": str(tmp_path / "generated"),
+        "RAFT_SOURCES": str(sources or REPO / "data" / "sources.yaml"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "raft-assets"), "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_materializes_both_sample_sources_into_the_dagster_home(tmp_path):
+    result = run_cli(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for source in ("llama_docs", "pytorch_docs"):
+        for asset in ("documents", "chunks"):
+            assert (tmp_path / "generated" / asset / f"{source}.parquet").is_file()
+            assert f"{asset}[{source}]" in result.stdout
+    assert "failed" not in result.stdout
+
+    os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            assert sorted(instance.get_dynamic_partitions("doc_sources")) == ["llama_docs", "pytorch_docs"]
+            assert len(instance.get_runs()) == 2
+            record = instance.get_latest_materialization_event(dg.AssetKey("chunks"))
+            assert record is not None and record.asset_materialization.partition in ("llama_docs", "pytorch_docs")
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "empty.md").write_bytes(b"")
+    sources = write_sources(tmp_path / "sources.yaml", [{"name": "bad", "kind": "local", "path": str(folder)}])
+
+    result = run_cli(tmp_path, sources=sources)
+    assert result.returncode == 1
+    assert "check documents.has_documents [bad] failed: No document of source 'bad' could be loaded." in result.stdout
+    assert "chunks[bad]" in result.stdout and "skipped" in result.stdout
+
+
+def test_select_and_source_narrow_the_run(tmp_path):
+    result = run_cli(tmp_path, "--select", "documents", "--source", "llama_docs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "generated" / "documents" / "llama_docs.parquet").is_file()
+    assert not (tmp_path / "generated" / "documents" / "pytorch_docs.parquet").exists()
+    assert not (tmp_path / "generated" / "chunks").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--select", "nope"], "Known assets: chunks, documents"),
+        (["--source", "nope"], "unknown source nope; sources in"),
+        (["--select", "documents++("], "cannot parse --select"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(tmp_path, args, message):
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2
+    assert message in " ".join(result.stdout.split())
