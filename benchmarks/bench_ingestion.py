@@ -1,0 +1,641 @@
+"""Benchmark of the first two pipeline stages, `documents` and `chunks`, on a generated corpus.
+
+What it measures:
+
+1. End to end: a synthetic folder of N documents (default 2,000 files, about 10 KB each, about
+   20 MB in all; 60% markdown, 25% plain text, 15% HTML) is written to a temporary folder and
+   declared as a local source in a sources.yaml. The real Dagster assets `documents` and `chunks`
+   are then materialized for that partition with `dagster.materialize` on a test instance, in a
+   fresh child process, so that the process's wall time and peak RSS (VmHWM) are the
+   pipeline's own. The documents and chunks step times come from the run's step stats.
+2. Linearity of chunking: `split_documents` (the pure function behind `chunks`) is timed on the
+   loaded documents at scales 1x, 2x, 4x... The larger scales repeat the corpus with new doc ids and
+   letters rotated (a Caesar shift), so the splitter does the same work on every copy but every
+   chunk is new (no chunk is dropped as a duplicate).
+
+Targets: the materialization under 60 s and under 2 GB peak RSS; chunking linear (time per MB at
+the largest scale at most 1.25x that at the smallest).
+
+Run from the repository root (by hand, not in CI):
+
+    .venv/bin/python benchmarks/bench_ingestion.py [--docs 2000] [--scales 1,2,4] [--record]
+
+`--record` writes the section "## Ingestion: documents + chunks" of benchmarks/RESULTS.md
+(replacing an earlier one); `--profile N` also profiles the materialization with cProfile and
+prints its N most expensive functions (the profiled run is slower and is not recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import itertools
+import json
+import os
+import platform
+import pstats
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+if TYPE_CHECKING:
+    import polars as pl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION_TITLE = "## Ingestion: documents + chunks"
+SOURCE_NAME = "bench_corpus"
+
+DOC_BYTES = 10_000  # mean size of a generated file
+FILE_MIX = {"md": 0.60, "txt": 0.25, "html": 0.15}
+DOCS_PER_FOLDER = 100
+
+TARGET_WALL_S = 60.0
+TARGET_RSS_MB = 2048.0
+LINEARITY_TOLERANCE = 1.25  # largest scale's s/MB over the smallest's
+
+KEY_PACKAGES = ["dagster", "polars", "langchain-text-splitters", "beautifulsoup4", "lxml", "pyarrow"]
+
+
+# --------------------------------------------------------------------------- corpus generation
+
+COMMON_WORDS = (  # noqa: SIM905 (a sentence's worth of words reads better as a string)
+    "the of and to a in is that for it as with on be by this are or from at an which not can "
+    "when each data model file value run step source page text table query index cache"
+).split()
+ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "st", "tr", "pl"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
+CODAS = ["", "", "", "n", "r", "s", "t", "l", "nd", "ck"]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Words with Zipf-like cumulative weights, for `random.choices`."""
+
+    words: list[str]
+    cum_weights: list[float]
+
+    def sample(self, rng: random.Random, k: int) -> list[str]:
+        return rng.choices(self.words, cum_weights=self.cum_weights, k=k)
+
+
+def make_vocabulary(seed: int, size: int = 6000) -> Vocabulary:
+    """Common English words first, then pseudo-words built from syllables; weight 1/rank."""
+    rng = random.Random(f"vocabulary:{seed}")
+    invented: set[str] = set()
+    while len(invented) < size - len(COMMON_WORDS):
+        syllables = rng.choice([1, 2, 2, 2, 3, 3, 4])
+        invented.add("".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)))
+    tail = sorted(invented - set(COMMON_WORDS))
+    rng.shuffle(tail)
+    words = COMMON_WORDS + tail
+    weights = (1.0 / rank for rank in range(1, len(words) + 1))
+    return Vocabulary(words, list(itertools.accumulate(weights)))
+
+
+def sentence(rng: random.Random, vocab: Vocabulary) -> str:
+    words = vocab.sample(rng, rng.randint(5, 24))
+    if len(words) > 10 and rng.random() < 0.5:
+        comma = rng.randint(3, len(words) - 4)
+        words[comma] += ","
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + rng.choice(".......?!")
+
+
+def paragraph(rng: random.Random, vocab: Vocabulary) -> str:
+    """Mostly 2-9 sentences; one in ten is a long paragraph (over the chunk size)."""
+    count = rng.randint(12, 20) if rng.random() < 0.1 else rng.randint(2, 9)
+    return " ".join(sentence(rng, vocab) for _ in range(count))
+
+
+def heading(rng: random.Random, vocab: Vocabulary) -> str:
+    return " ".join(vocab.sample(rng, rng.randint(2, 6))).capitalize()
+
+
+def bullet_items(rng: random.Random, vocab: Vocabulary) -> list[str]:
+    return [sentence(rng, vocab) for _ in range(rng.randint(2, 6))]
+
+
+def code_lines(rng: random.Random, vocab: Vocabulary) -> list[str]:
+    names = [word.replace(",", "") for word in vocab.sample(rng, 8)]
+    return [f"{names[i]} = {names[i + 1]}({names[i + 2]!r}, {rng.randint(0, 999)})" for i in range(rng.randint(2, 5))]
+
+
+def blocks_until(target: int, make_block: Callable[[], str]) -> list[str]:
+    blocks: list[str] = []
+    size = 0
+    while size < target:
+        block = make_block()
+        blocks.append(block)
+        size += len(block) + 2
+    return blocks
+
+
+def markdown_document(rng: random.Random, vocab: Vocabulary, title: str, target: int) -> str:
+    def block() -> str:
+        roll = rng.random()
+        if roll < 0.15:
+            return f"{'#' * rng.randint(2, 3)} {heading(rng, vocab)}"
+        if roll < 0.27:
+            return "\n".join(f"- {item}" for item in bullet_items(rng, vocab))
+        if roll < 0.35:
+            return "\n".join(["```python", *code_lines(rng, vocab), "```"])
+        return paragraph(rng, vocab)
+
+    header = f"# {title}"
+    return "\n\n".join([header, *blocks_until(target - len(header), block)]) + "\n"
+
+
+def text_document(rng: random.Random, vocab: Vocabulary, title: str, target: int) -> str:
+    """Plain text: a title line, sections with capitalized headings, now and then a page separator."""
+
+    def block() -> str:
+        roll = rng.random()
+        if roll < 0.12:
+            return heading(rng, vocab).upper()
+        if roll < 0.16:
+            return "----------"
+        return paragraph(rng, vocab)
+
+    header = f"{title}\n{'=' * len(title)}"
+    return "\n\n".join([header, *blocks_until(target - len(header), block)]) + "\n"
+
+
+def html_document(rng: random.Random, vocab: Vocabulary, title: str, target: int) -> str:
+    """A page with the chrome the loader strips (head, header, nav, script) around an article."""
+    nav = "\n".join(f'<li><a href="/{word}.html">{word}</a></li>' for word in vocab.sample(rng, 8))
+    top = (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        "<style>body { font-family: sans-serif; }</style>\n</head>\n<body>\n"
+        f'<header><a href="/">Docs home</a></header>\n<nav><ul>\n{nav}\n</ul></nav>\n'
+        f"<main>\n<article>\n<h1>{title}</h1>"
+    )
+    bottom = "</article>\n</main>\n<footer>Generated page.</footer>\n<script>console.log('page');</script>\n</body>\n</html>\n"
+
+    def block() -> str:
+        roll = rng.random()
+        if roll < 0.15:
+            return f"<h2>{heading(rng, vocab)}</h2>"
+        if roll < 0.27:
+            return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in bullet_items(rng, vocab)) + "\n</ul>"
+        if roll < 0.33:
+            return "<pre><code>" + "\n".join(code_lines(rng, vocab)) + "</code></pre>"
+        return f"<p>{paragraph(rng, vocab)}</p>"
+
+    return "\n".join([top, *blocks_until(target - len(top) - len(bottom), block), bottom])
+
+
+WRITERS = {"md": markdown_document, "txt": text_document, "html": html_document}
+
+
+def file_kinds(docs: int, seed: int) -> list[str]:
+    """Exactly the FILE_MIX shares (rounded), in a seeded random order."""
+    counts = {kind: round(docs * share) for kind, share in FILE_MIX.items()}
+    counts["md"] += docs - sum(counts.values())
+    kinds = [kind for kind, count in counts.items() for _ in range(count)]
+    random.Random(f"kinds:{seed}").shuffle(kinds)
+    return kinds
+
+
+def generate_corpus(folder: Path, docs: int, seed: int) -> dict[str, int]:
+    """Write the corpus under `folder` (in subfolders of 100 files); returns file counts and bytes."""
+    vocab = make_vocabulary(seed)
+    summary = {"bytes": 0, **{kind: 0 for kind in FILE_MIX}}
+    for index, kind in enumerate(file_kinds(docs, seed)):
+        rng = random.Random(f"document:{seed}:{index}")
+        title = heading(rng, vocab)
+        target = int(DOC_BYTES * rng.uniform(0.5, 1.5))
+        path = folder / f"section_{index // DOCS_PER_FOLDER:03d}" / f"doc_{index:05d}.{kind}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = WRITERS[kind](rng, vocab, title, target).encode("utf-8")
+        path.write_bytes(data)
+        summary["bytes"] += len(data)
+        summary[kind] += 1
+    return summary
+
+
+def write_sources_file(path: Path, corpus: Path) -> Path:
+    sources = {"sources": [{"name": SOURCE_NAME, "kind": "local", "path": str(corpus)}]}
+    path.write_text(yaml.safe_dump(sources), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- materialization (child)
+
+
+def memory_status_mb(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def materialize_in_this_process(work: Path, result_file: Path, profile_top: int) -> None:
+    """Materialize `documents` and `chunks` for the benchmark source; write timings as JSON."""
+    started = time.perf_counter()
+    import dagster as dg
+
+    from raft_assets.ingestion.assets import chunks, documents
+    from raft_assets.settings import ProjectPaths
+
+    import_s = time.perf_counter() - started
+    rss_after_import = memory_status_mb("VmRSS")
+    paths = ProjectPaths(
+        sources_file=str(work / "sources.yaml"),
+        data_dir=str(work / "generated"),
+        checkpoint_dir=str(work / "checkpoints"),
+    )
+    profiler = cProfile.Profile() if profile_top else None
+    instance_started = time.perf_counter()
+    with dg.instance_for_test() as instance:
+        instance_s = time.perf_counter() - instance_started
+        instance.add_dynamic_partitions("doc_sources", [SOURCE_NAME])
+        materialize_started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        result = dg.materialize(
+            [documents, chunks], partition_key=SOURCE_NAME, instance=instance, resources={"paths": paths}
+        )
+        if profiler:
+            profiler.disable()
+        materialize_s = time.perf_counter() - materialize_started
+        steps = {stat.step_key: stat.end_time - stat.start_time for stat in instance.get_run_step_stats(result.run_id)}
+        metadata_by_asset = {
+            event.asset_key.to_user_string(): {
+                key: value.value for key, value in event.materialization.metadata.items()
+            }
+            for event in result.get_asset_materialization_events()
+        }
+    if profiler:
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(profile_top)
+    docs_meta, chunks_meta = metadata_by_asset["documents"], metadata_by_asset["chunks"]
+    outcome = {
+        "import_s": import_s,
+        "instance_s": instance_s,
+        "materialize_s": materialize_s,
+        "documents_s": steps["documents"],
+        "chunks_s": steps["chunks"],
+        "rss_after_import_mb": rss_after_import,
+        "peak_rss_mb": memory_status_mb("VmHWM"),
+        "loaded": docs_meta["loaded"],
+        "failed": docs_meta["failed"],
+        "characters": docs_meta["characters"],
+        "chunk_count": chunks_meta["dagster/row_count"],
+        "dropped_short": chunks_meta["dropped_short"],
+        "dropped_duplicate": chunks_meta["dropped_duplicate"],
+        "mean_chunk_chars": chunks_meta["mean_chunk_chars"],
+    }
+    result_file.write_text(json.dumps(outcome), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    docs: int
+    corpus_mb: float
+    text_mb: float
+    documents_s: float
+    chunks_s: float
+    materialize_s: float
+    total_wall_s: float  # the child process from start to exit: interpreter, imports, materialize
+    import_s: float
+    instance_s: float  # creating the test instance (SQLite storage)
+    peak_rss_mb: float  # VmHWM of the child
+    rusage_maxrss_mb: float  # ru_maxrss of the child, from wait4
+    rss_after_import_mb: float
+    chunk_count: int
+    loaded: int
+    failed: int
+    dropped_short: int
+    dropped_duplicate: int
+    mean_chunk_chars: float
+
+
+def run_materialization_child(work: Path, docs: int, corpus_bytes: int, profile_top: int) -> EndToEnd:
+    """Run this script with --child in a fresh interpreter; wall time and rusage come from wait4."""
+    result_file = work / "child_result.json"
+    log_file = work / "child.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(work), "--profile", str(profile_top)]
+    started = time.perf_counter()
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall_s = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.exit(f"The materialization failed (exit {process.returncode}):\n{log_file.read_text()[-5000:]}")
+    if profile_top:
+        print(log_file.read_text())
+    child = json.loads(result_file.read_text())
+    return EndToEnd(
+        docs=docs,
+        corpus_mb=corpus_bytes / 1e6,
+        text_mb=child["characters"] / 1e6,
+        documents_s=child["documents_s"],
+        chunks_s=child["chunks_s"],
+        materialize_s=child["materialize_s"],
+        total_wall_s=wall_s,
+        import_s=child["import_s"],
+        instance_s=child["instance_s"],
+        peak_rss_mb=child["peak_rss_mb"],
+        rusage_maxrss_mb=usage.ru_maxrss / 1024,
+        rss_after_import_mb=child["rss_after_import_mb"],
+        chunk_count=child["chunk_count"],
+        loaded=child["loaded"],
+        failed=child["failed"],
+        dropped_short=child["dropped_short"],
+        dropped_duplicate=child["dropped_duplicate"],
+        mean_chunk_chars=child["mean_chunk_chars"],
+    )
+
+
+# --------------------------------------------------------------------------- chunking linearity
+
+
+@dataclass(frozen=True)
+class ScaleRun:
+    scale: int
+    docs: int
+    text_mb: float
+    seconds: float  # wall, best of the repeats
+    cpu_seconds: float  # process CPU time, best of the repeats: less sensitive to other load
+    chunk_count: int
+
+    @property
+    def seconds_per_mb(self) -> float:
+        return self.seconds / self.text_mb
+
+    @property
+    def cpu_seconds_per_mb(self) -> float:
+        return self.cpu_seconds / self.text_mb
+
+
+def rotate_letters(shift: int) -> dict[int, int]:
+    """A str.translate table shifting a-z and A-Z by `shift`: same lengths and separators, new text."""
+    table: dict[int, int] = {}
+    for first in ("a", "A"):
+        for offset in range(26):
+            table[ord(first) + offset] = ord(first) + (offset + shift) % 26
+    return table
+
+
+def scaled_documents(documents: pl.DataFrame, scale: int) -> pl.DataFrame:
+    """`scale` copies of the loaded documents; copy k > 0 has new doc ids and letters shifted by k."""
+    import polars as pl
+
+    loaded = documents.filter(pl.col("error").is_null())
+    copies = [loaded]
+    for copy in range(1, scale):
+        table = rotate_letters(copy)
+        copies.append(
+            loaded.with_columns(
+                (pl.col("doc_id") + f"-copy{copy}"),
+                pl.col("text").map_elements(lambda text, table=table: text.translate(table), return_dtype=pl.String),
+            )
+        )
+    return pl.concat(copies, rechunk=True)
+
+
+def run_linearity(documents_file: Path, scales: list[int], repeat: int) -> list[ScaleRun]:
+    """Time `split_documents` with the `chunks` asset's default config at each scale.
+
+    Scale k is the first k copies of the largest scale's frame. The repeats go round the scales
+    (1x, 2x, 4x, 1x, ...) so that a burst of load on the machine does not favour one scale, and the
+    best wall and CPU times of each scale are kept.
+    """
+    import polars as pl
+
+    from raft_assets.ingestion.assets import ChunksConfig
+    from raft_assets.ingestion.chunking import split_documents
+
+    config = ChunksConfig()
+    documents = pl.read_parquet(documents_file)
+    largest = scaled_documents(documents, scales[-1])
+    per_copy = largest.height // scales[-1]
+    frames = {scale: largest.head(scale * per_copy) for scale in scales}
+    split_documents(documents.head(20), config.chunk_size, config.chunk_overlap, config.min_chunk_chars)  # warm-up
+    wall: dict[int, list[float]] = {scale: [] for scale in scales}
+    cpu: dict[int, list[float]] = {scale: [] for scale in scales}
+    chunk_counts: dict[int, int] = {}
+    for _ in range(repeat):
+        for scale, frame in frames.items():
+            wall_started, cpu_started = time.perf_counter(), time.process_time()
+            result = split_documents(frame, config.chunk_size, config.chunk_overlap, config.min_chunk_chars)
+            wall[scale].append(time.perf_counter() - wall_started)
+            cpu[scale].append(time.process_time() - cpu_started)
+            chunk_counts[scale] = result.chunks.height
+            del result
+    return [
+        ScaleRun(
+            scale=scale,
+            docs=frame.height,
+            text_mb=int(frame["text"].str.len_chars().sum()) / 1e6,
+            seconds=min(wall[scale]),
+            cpu_seconds=min(cpu[scale]),
+            chunk_count=chunk_counts[scale],
+        )
+        for scale, frame in frames.items()
+    ]
+
+
+def linearity_ratio(runs: list[ScaleRun]) -> float:
+    """CPU time(largest) / CPU time(smallest)."""
+    return runs[-1].cpu_seconds / runs[0].cpu_seconds
+
+
+def is_linear(runs: list[ScaleRun]) -> bool:
+    return runs[-1].cpu_seconds_per_mb <= LINEARITY_TOLERANCE * runs[0].cpu_seconds_per_mb
+
+
+# --------------------------------------------------------------------------- report
+
+
+def shell(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def machine_description() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in KEY_PACKAGES)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "date": shell(["date"]),
+        "cpus": f"{shell(['nproc'])} × {model}",
+        "memory": f"{total_kb / 1024**2:.1f} GiB",
+        "load": load,
+        "python": f"Python {platform.python_version()} ({platform.system()} {platform.release()})",
+        "packages": versions,
+    }
+
+
+def pass_fail(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def end_to_end_table(run: EndToEnd) -> str:
+    return "\n".join(
+        [
+            "| docs | MB (files / text) | documents wall s | chunks wall s | total wall s | peak RSS MB | chunks |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {run.docs:,} | {run.corpus_mb:.1f} / {run.text_mb:.1f} | {run.documents_s:.2f} | {run.chunks_s:.2f} "
+            f"| {run.total_wall_s:.2f} | {run.peak_rss_mb:.0f} | {run.chunk_count:,} |",
+        ]
+    )
+
+
+def end_to_end_notes(run: EndToEnd) -> str:
+    return (
+        f"Total wall is the child process from start to exit: {run.import_s:.2f} s of imports, "
+        f"{run.instance_s:.2f} s creating the test instance, {run.materialize_s:.2f} s in `materialize()` "
+        "(the two steps plus Dagster's own work), the rest interpreter start and shutdown. Peak RSS is the child's VmHWM (ru_maxrss from wait4: "
+        f"{run.rusage_maxrss_mb:.0f} MB); {run.rss_after_import_mb:.0f} MB of it is resident after the imports. "
+        f"{run.loaded:,} documents loaded, {run.failed} failed; chunks: {run.dropped_short:,} dropped as short, "
+        f"{run.dropped_duplicate:,} as duplicates, mean {run.mean_chunk_chars:.0f} characters."
+    )
+
+
+def linearity_table(runs: list[ScaleRun]) -> str:
+    rows = [
+        f"| {run.scale}x | {run.docs:,} | {run.text_mb:.1f} | {run.seconds:.2f} | {run.cpu_seconds:.2f} "
+        f"| {run.cpu_seconds_per_mb:.3f} | {run.chunk_count:,} |"
+        for run in runs
+    ]
+    ratio = linearity_ratio(runs)
+    wall_ratio = runs[-1].seconds / runs[0].seconds
+    scale_ratio = runs[-1].scale / runs[0].scale
+    return "\n".join(
+        [
+            "| scale | docs | text MB | wall s | CPU s | CPU s per MB | chunks |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"time({runs[-1].scale}x) / time({runs[0].scale}x) = **{ratio:.2f}** in CPU time, {wall_ratio:.2f} in wall "
+            f"time (linear: {scale_ratio:g}).",
+        ]
+    )
+
+
+def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
+    ratio = linearity_ratio(runs)
+    limit = LINEARITY_TOLERANCE * runs[-1].scale / runs[0].scale
+    return "\n".join(
+        [
+            "| target | measured | result |",
+            "|---|---:|---|",
+            f"| documents + chunks under {TARGET_WALL_S:g} s (total wall) | {run.total_wall_s:.1f} s "
+            f"| {pass_fail(run.total_wall_s < TARGET_WALL_S)} |",
+            f"| peak RSS under 2 GB | {run.peak_rss_mb:.0f} MB | {pass_fail(run.peak_rss_mb < TARGET_RSS_MB)} |",
+            f"| chunking linear (CPU time ratio at most {limit:g}) | {ratio:.2f} | {pass_fail(is_linear(runs))} |",
+        ]
+    )
+
+
+def report(args: argparse.Namespace, corpus: dict[str, int], run: EndToEnd, runs: list[ScaleRun]) -> str:
+    machine = machine_description()
+    command = " ".join(["python benchmarks/bench_ingestion.py", *sys.argv[1:]])
+    mix = ", ".join(f"{corpus[kind]:,} {kind}" for kind in FILE_MIX)
+    return "\n".join(
+        [
+            SECTION_TITLE,
+            "",
+            f"- Date: {machine['date']}",
+            f"- Machine: {machine['cpus']}, {machine['memory']} RAM; load average at the end {machine['load']}",
+            f"- Software: {machine['python']}; {machine['packages']}",
+            f"- Command: `.venv/bin/{command}`",
+            f"- Corpus: {args.docs:,} generated files ({mix}), seed {args.seed}; "
+            "`documents` and `chunks` materialized with their default config.",
+            "",
+            "### End to end (`dagster.materialize([documents, chunks])` in a child process)",
+            "",
+            end_to_end_table(run),
+            "",
+            end_to_end_notes(run),
+            "",
+            "### Chunking linearity (`split_documents`, chunk_size 1000, overlap 100)",
+            "",
+            "Scale k repeats the loaded corpus k times with new doc ids and letters rotated, so every chunk is new. "
+            f"Best of {args.repeat} runs per scale, taken in turn; the verdict uses CPU time, which other load on "
+            "the machine disturbs less than wall time.",
+            "",
+            linearity_table(runs),
+            "",
+            "### Targets",
+            "",
+            targets_table(run, runs),
+            "",
+        ]
+    )
+
+
+def record(section: str, results_file: Path = RESULTS_FILE) -> None:
+    """Replace the section (up to the next `## ` heading) in RESULTS.md, or append it."""
+    text = results_file.read_text(encoding="utf-8") if results_file.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    if SECTION_TITLE in lines:
+        start = lines.index(SECTION_TITLE)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
+    else:
+        lines += ["", *section.rstrip("\n").splitlines()]
+    results_file.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=2000, help="documents in the corpus (default 2000)")
+    parser.add_argument("--scales", default="1,2,4", help="chunking scales, increasing (default 1,2,4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus (default 0)")
+    parser.add_argument("--repeat", type=int, default=1, help="timings per chunking scale, best kept (default 1)")
+    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS_FILE.name}")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile the materialization, top N")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: materialize in this process
+    args = parser.parse_args(argv)
+    args.scale_list = sorted({int(scale) for scale in args.scales.split(",")})
+    if args.scale_list[0] < 1 or args.scale_list[-1] > 26:
+        parser.error("scales must be between 1 and 26 (copies are told apart by a letter rotation)")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.child:
+        materialize_in_this_process(args.child, args.child / "child_result.json", args.profile)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_ingestion_") as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        corpus = generate_corpus(work / "corpus", args.docs, args.seed)
+        write_sources_file(work / "sources.yaml", work / "corpus")
+        print(
+            f"Generated {args.docs:,} files, {corpus['bytes'] / 1e6:.1f} MB, in {time.perf_counter() - started:.1f} s"
+        )
+        run = run_materialization_child(work, args.docs, corpus["bytes"], args.profile)
+        print(f"Materialized documents + chunks in {run.total_wall_s:.1f} s; timing split_documents at {args.scales}")
+        runs = run_linearity(work / "generated" / "documents" / f"{SOURCE_NAME}.parquet", args.scale_list, args.repeat)
+    section = report(args, corpus, run, runs)
+    print()
+    print(section)
+    if args.profile:
+        print("(profiled run: timings are inflated, not recorded)")
+    elif args.record:
+        record(section)
+        print(f"Recorded in {RESULTS_FILE.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
