@@ -74,7 +74,7 @@ def test_select_and_source_narrow_the_run(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--select", "nope"], "Known assets: chunks, documents"),
+        (["--select", "nope"], "Known assets: chunks, cot_answers, documents, questions"),
         (["--source", "nope"], "unknown source nope; sources in"),
         (["--select", "documents++("], "cannot parse --select"),
     ],

@@ -2,13 +2,14 @@
 
 import dagster as dg
 
+from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.partitions import doc_sources
-from raft_assets.settings import ProjectPaths
+from raft_assets.resources.paths import ProjectPaths
 
 per_source_job = dg.define_asset_job(
     "per_source_job",
-    selection=dg.AssetSelection.assets(documents, chunks),
+    selection=dg.AssetSelection.assets(documents, chunks, questions, cot_answers),
     description="Every per-source asset, for one source.",
 )
 

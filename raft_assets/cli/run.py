@@ -18,7 +18,7 @@ from raft_assets.definitions import defs
 from raft_assets.ingestion.sources import SourcesError
 from raft_assets.instance import local_instance
 from raft_assets.partitions import doc_sources
-from raft_assets.settings import ProjectPaths
+from raft_assets.resources.paths import ProjectPaths
 
 console = Console()
 STATUS_STYLE = {"materialized": "green", "check failed": "red", "failed": "red", "skipped": "yellow"}

@@ -8,7 +8,7 @@ from raft_assets.hashing import content_hash
 from raft_assets.ingestion.chunking import SEPARATORS, split_documents
 from raft_assets.ingestion.documents import load_source
 from raft_assets.partitions import doc_sources
-from raft_assets.settings import ProjectPaths
+from raft_assets.resources.paths import ProjectPaths
 from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
 
 

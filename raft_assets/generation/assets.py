@@ -1,0 +1,194 @@
+"""The per-source generation assets: `questions` (N per chunk) and `cot_answers` (one per question)."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from raft_assets.generation.extractive import ExtractiveBackend
+from raft_assets.generation.progress import StageProgress
+from raft_assets.generation.tasks import Backend, generate_answers, generate_questions
+from raft_assets.hashing import content_hash
+from raft_assets.ingestion.assets import chunks
+from raft_assets.partitions import doc_sources
+from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.paths import ProjectPaths
+from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
+
+OK_STATUSES = ("ok", "duplicate")  # a duplicate question is a good reply that an earlier chunk also gave
+
+
+class GenerationConfig(dg.Config):
+    max_attempts: int = Field(default=3, ge=1, description="Tries for a reply that cannot be parsed.")
+    max_failure_rate: float = Field(default=0.1, ge=0, le=1, description="Largest share of failed items that passes.")
+    progress_interval_s: float = Field(default=10.0, gt=0, description="Seconds between progress lines in the log.")
+
+
+class QuestionsConfig(GenerationConfig):
+    questions_per_chunk: int = Field(default=5, gt=0)
+
+
+def failure_rate_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "failure_rate_within_bound",
+        asset=asset,
+        blocking=True,
+        description="The share of items whose request or reply failed is at most `max_failure_rate`.",
+    )
+
+
+@asynccontextmanager
+async def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AsyncIterator[Backend]:
+    """The `llm` endpoint with the on-disk reply cache, or the extractive generator when none is set."""
+    if not llm.configured:
+        yield ExtractiveBackend()
+        return
+    cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
+    try:
+        async with llm.client(cache) as client:
+            yield client
+    finally:
+        cache.close()
+
+
+def generate(
+    context: dg.AssetExecutionContext,
+    config: GenerationConfig,
+    llm: LLMResource,
+    paths: ProjectPaths,
+    total: int,
+    work: Callable[[Backend, StageProgress], Awaitable[pl.DataFrame]],
+) -> tuple[pl.DataFrame, dict]:
+    """Run one stage's requests in an event loop; return its table and the metadata of the run."""
+    stage = f"{context.asset_key.to_user_string()}[{context.partition_key}]"
+
+    async def run() -> tuple[pl.DataFrame, dict]:
+        async with generation_backend(llm, paths) as backend:
+            usage = backend.usage
+            progress = StageProgress(
+                stage,
+                total,
+                context.log,
+                config.progress_interval_s,
+                lambda: usage.prompt_tokens + usage.completion_tokens,
+            )
+            started = time.monotonic()
+            frame = await work(backend, progress)
+            seconds = time.monotonic() - started
+            return frame, {
+                "generator": backend.model,
+                "seconds": round(seconds, 2),
+                "items_per_second": round(total / seconds, 2) if seconds else 0.0,
+                **usage.metadata(),
+            }
+
+    return asyncio.run(run())
+
+
+def generation_result(
+    frame: pl.DataFrame,
+    path: Path,
+    failure_rate: float,
+    config: GenerationConfig,
+    run_metadata: dict,
+    preview_columns: list[str],
+) -> dg.MaterializeResult:
+    write_parquet(frame, path)
+    statuses = dict(frame.group_by("status").len().iter_rows())
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(frame, path),
+            **run_metadata,
+            **{f"status_{status}": count for status, count in sorted(statuses.items())},
+            "failure_rate": failure_rate,
+            "preview": markdown_preview(frame.filter(pl.col("status") == "ok").select(preview_columns)),
+            "failures": markdown_preview(
+                frame.filter(~pl.col("status").is_in(OK_STATUSES)).select("status", "error"), rows=10, max_chars=200
+            ),
+        },
+        data_version=dg.DataVersion(content_hash(*frame["question_id"], *frame["status"])),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="failure_rate_within_bound",
+                passed=failure_rate <= config.max_failure_rate,
+                metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
+                description=f"{failure_rate:.1%} of items failed; the bound is {config.max_failure_rate:.0%}.",
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=doc_sources,
+    group_name="generation",
+    kinds={"openai", "parquet"},
+    deps=[chunks],
+    check_specs=[failure_rate_check("questions")],
+)
+def questions(
+    context: dg.AssetExecutionContext, config: QuestionsConfig, paths: ProjectPaths, llm: LLMResource
+) -> dg.MaterializeResult:
+    """`questions_per_chunk` search-style questions for every chunk, from the `llm` model."""
+    source = context.partition_key
+    chunk_frame = read_parquet(paths.stage_file("chunks", source), "chunks")
+    frame, run_metadata = generate(
+        context,
+        config,
+        llm,
+        paths,
+        chunk_frame.height,
+        lambda backend, progress: generate_questions(
+            backend, chunk_frame, config.questions_per_chunk, config.max_attempts, progress
+        ),
+    )
+    failed_chunks = frame.filter(~pl.col("status").is_in(OK_STATUSES))["chunk_id"].n_unique()
+    return generation_result(
+        frame,
+        paths.stage_file("questions", source),
+        failed_chunks / chunk_frame.height if chunk_frame.height else 0.0,
+        config,
+        run_metadata,
+        ["question", "chunk_id"],
+    )
+
+
+@dg.asset(
+    partitions_def=doc_sources,
+    group_name="generation",
+    kinds={"openai", "parquet"},
+    deps=[questions],
+    check_specs=[failure_rate_check("cot_answers")],
+)
+def cot_answers(
+    context: dg.AssetExecutionContext, config: GenerationConfig, paths: ProjectPaths, llm: LLMResource
+) -> dg.MaterializeResult:
+    """A chain-of-thought answer for every question, quoting its chunk; quotes checked against the chunk."""
+    source = context.partition_key
+    question_frame = read_parquet(paths.stage_file("questions", source), "questions")
+    chunk_frame = read_parquet(paths.stage_file("chunks", source), "chunks")
+    chunk_texts = dict(zip(chunk_frame["chunk_id"], chunk_frame["text"], strict=True))
+    pending = int((question_frame["status"] == "ok").sum())
+    frame, run_metadata = generate(
+        context,
+        config,
+        llm,
+        paths,
+        pending,
+        lambda backend, progress: generate_answers(backend, question_frame, chunk_texts, config.max_attempts, progress),
+    )
+    failed = int((frame["status"] != "ok").sum())
+    run_metadata["quotes_ok"] = int(frame["quotes_ok"].sum())
+    return generation_result(
+        frame,
+        paths.stage_file("cot_answers", source),
+        failed / frame.height if frame.height else 0.0,
+        config,
+        run_metadata,
+        ["answer", "quotes_ok"],
+    )

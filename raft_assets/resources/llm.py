@@ -1,0 +1,257 @@
+"""The `llm` and `judge` resources: any OpenAI-compatible chat endpoint, used as hard as it allows.
+
+`LLMResource` is the configuration (from RAFT_LLM_* or RAFT_JUDGE_* variables); `ChatClient` is one
+materialization's connection: it keeps up to `max_concurrency` requests in flight, spread over the
+replicas by outstanding requests, within optional requests- and tokens-per-minute limits and a token
+budget. The openai SDK retries 408/409/429/5xx, timeouts and dropped connections with exponential
+backoff and jitter, honouring Retry-After. Every reply is cached on disk as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import dagster as dg
+import openai
+from aiolimiter import AsyncLimiter
+from pydantic import Field
+
+from raft_assets.generation.prompts import Prompt
+from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_key
+
+DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
+CHARS_PER_TOKEN = 4  # for estimates before a request is sent
+
+
+class RequestFailed(Exception):
+    """A request that finally failed; `status` is "error" or "over_budget"."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+
+
+@dataclass
+class Usage:
+    """Token and request accounting of one materialization (retries are not counted twice)."""
+
+    requests: int = 0  # replies from the endpoints
+    cache_hits: int = 0  # replies from the cache: paid for in an earlier run
+    http_attempts: int = 0  # HTTP requests sent, retries included
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.http_attempts - self.requests - self.failed)
+
+    def metadata(self) -> dict[str, int]:
+        return {
+            **{f"llm_{field.name}": getattr(self, field.name) for field in fields(self)},
+            "llm_retries": self.retries,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a batch of first attempts will cost, known before any is sent."""
+
+    requests: int
+    cached: int
+    tokens: int  # estimated upper bound for the requests not cached
+    budget: int | None = None
+
+    def describe(self) -> str:
+        text = f"{self.requests} requests, {self.cached} cached, ≈{self.tokens:,} tokens to send at most"
+        if self.budget is not None:
+            stop = ": the run will stop at the budget" if self.tokens > self.budget else ""
+            text += f" (budget {self.budget:,}{stop})"
+        return text
+
+
+class TokenBudget:
+    """Refuses a request whose estimate, with what is spent and in flight, would pass the limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.spent = 0
+        self.reserved = 0
+
+    def reserve(self, estimate: int) -> bool:
+        if self.limit is not None and self.spent + self.reserved + estimate > self.limit:
+            return False
+        self.reserved += estimate
+        return True
+
+    def settle(self, estimate: int, actual: int) -> None:
+        self.reserved -= estimate
+        self.spent += actual
+
+
+class LLMResource(dg.ConfigurableResource):
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, a cloud API), or several replicas of one."""
+
+    base_url: str | None = Field(
+        default=None, description="Endpoint URL(s), comma-separated replicas; unset: no endpoint (see each use)."
+    )
+    api_key: str = Field(default="EMPTY", description="Set it with an environment variable (dg.EnvVar).")
+    model: str = DEFAULT_MODEL
+    max_concurrency: int = Field(default=64, gt=0, description="Requests in flight at once, over all replicas.")
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Counts prompt + max_tokens per request.")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per HTTP attempt.")
+    max_retries: int = Field(default=6, ge=0)
+    token_budget: int | None = Field(
+        default=None, gt=0, description="Most tokens one materialization may spend; requests past it are not sent."
+    )
+
+    @classmethod
+    def from_env(cls, prefix: str) -> LLMResource:
+        """Configuration from `<prefix>_BASE_URL`, `_API_KEY` (as a dg.EnvVar), `_MODEL`, `_MAX_CONCURRENCY`."""
+        env = os.environ
+        settings: dict[str, Any] = {"base_url": env.get(f"{prefix}_BASE_URL") or None}
+        if f"{prefix}_API_KEY" in env:
+            settings["api_key"] = dg.EnvVar(f"{prefix}_API_KEY")
+        if env.get(f"{prefix}_MODEL"):
+            settings["model"] = env[f"{prefix}_MODEL"]
+        if env.get(f"{prefix}_MAX_CONCURRENCY"):
+            settings["max_concurrency"] = int(env[f"{prefix}_MAX_CONCURRENCY"])
+        return cls(**settings)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url)
+
+    def endpoints(self) -> list[str]:
+        return [url.strip() for url in (self.base_url or "").split(",") if url.strip()]
+
+    def client(self, cache: ReplyCache) -> ChatClient:
+        if not self.configured:
+            raise dg.Failure("No endpoint is configured for this model (set its *_BASE_URL variable).")
+        return ChatClient(self, cache)
+
+
+class ChatClient:
+    """Sends chat requests for one materialization; use as `async with`, inside the event loop."""
+
+    def __init__(self, config: LLMResource, cache: ReplyCache) -> None:
+        self.config = config
+        self.model = config.model
+        self.cache = cache
+        self.usage = Usage()
+        self.budget = TokenBudget(config.token_budget)
+        self._rpm = AsyncLimiter(config.requests_per_minute, 60) if config.requests_per_minute else None
+        self._tpm = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
+        self._clients: list[openai.AsyncOpenAI] = []
+        self._in_flight: list[int] = []
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        self._clients = [self._openai_client(url) for url in self.config.endpoints()]
+        self._in_flight = [0] * len(self._clients)
+        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self._clients:
+            await client.close()
+
+    def _openai_client(self, base_url: str) -> openai.AsyncOpenAI:
+        async def count_attempt(request: object) -> None:
+            self.usage.http_attempts += 1
+
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_attempt]})
+        return openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=self.config.api_key,
+            max_retries=self.config.max_retries,
+            timeout=self.config.timeout_s,
+            http_client=http_client,
+        )
+
+    def key(self, prompt: Prompt, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        return request_key(self.model, messages, params, prompt.version)
+
+    @staticmethod
+    def estimate_tokens(messages: list[dict[str, str]], params: dict[str, Any]) -> int:
+        """An upper-bound guess before sending: prompt characters / 4 plus `max_tokens`."""
+        prompt_chars = sum(len(message["content"]) for message in messages)
+        return prompt_chars // CHARS_PER_TOKEN + int(params.get("max_tokens", 512))
+
+    def plan(self, prompt: Prompt, batch: list[dict[str, Any]]) -> Plan:
+        cached = tokens = 0
+        for values in batch:
+            messages = prompt.messages(**values)
+            if self.cache.get(self.key(prompt, messages, prompt.params)) is not None:
+                cached += 1
+            else:
+                tokens += self.estimate_tokens(messages, prompt.params)
+        return Plan(len(batch), cached, tokens, self.budget.limit)
+
+    async def reply(self, prompt: Prompt, values: dict[str, Any], params: dict[str, Any]) -> ChatReply:
+        messages = prompt.messages(**values)
+        key = self.key(prompt, messages, params)
+        if (hit := self.cache.get(key)) is not None:
+            self.usage.cache_hits += 1
+            self.usage.cached_tokens += hit.prompt_tokens + hit.completion_tokens
+            return ChatReply(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True)
+        estimate = self.estimate_tokens(messages, params)
+        if not self.budget.reserve(estimate):
+            self.usage.failed += 1
+            raise RequestFailed("over_budget", f"not sent: the token budget of {self.budget.limit:,} would be exceeded")
+        try:
+            reply = await self._send(messages, params, estimate)
+        except openai.APIError as error:
+            self.budget.settle(estimate, 0)
+            self.usage.failed += 1
+            raise RequestFailed("error", self._describe(error)) from None
+        self.budget.settle(estimate, reply.prompt_tokens + reply.completion_tokens)
+        self.usage.requests += 1
+        self.usage.prompt_tokens += reply.prompt_tokens
+        self.usage.completion_tokens += reply.completion_tokens
+        self.cache.put(key, self.model, CachedReply(reply.text, reply.prompt_tokens, reply.completion_tokens))
+        return reply
+
+    async def _send(self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int) -> ChatReply:
+        assert self._slots is not None, "use ChatClient as `async with`"
+        async with self._slots:
+            if self._rpm:
+                await self._rpm.acquire()
+            if self._tpm:
+                await self._tpm.acquire(min(estimate, self._tpm.max_rate))
+            index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            self._in_flight[index] += 1
+            try:
+                response = await self._clients[index].chat.completions.create(
+                    model=self.model, messages=messages, **params
+                )
+            finally:
+                self._in_flight[index] -= 1
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else estimate - int(params.get("max_tokens", 0))
+        completion_tokens = usage.completion_tokens if usage else len(text) // CHARS_PER_TOKEN
+        return ChatReply(text, prompt_tokens, completion_tokens, cached=False)
+
+    def _describe(self, error: openai.APIError) -> str:
+        retries = f"after {self.config.max_retries} retries"
+        if isinstance(error, openai.APITimeoutError):
+            return f"timed out after {self.config.timeout_s:g} s ({retries})"
+        if isinstance(error, openai.APIConnectionError):
+            return f"connection failed ({retries}): {error.__cause__ or error}"
+        if isinstance(error, openai.APIStatusError):
+            return f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}"
+        return f"{type(error).__name__}: {str(error)[:300]}"

@@ -1,0 +1,64 @@
+"""A content-addressed cache of model replies on disk (SQLite), written as each reply arrives.
+
+The key hashes everything that determines a reply — model, messages, sampling parameters and prompt
+version — so a repeated or resumed run never pays twice for the same request, and a changed chunk
+(new text, new key) is the only thing sent again. Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raft_assets.hashing import content_hash
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any], prompt_version: int) -> str:
+    material = json.dumps(
+        {"model": model, "messages": messages, "params": params, "prompt_version": prompt_version},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return content_hash(material)
+
+
+class ReplyCache:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+        )
+
+    def get(self, key: str) -> CachedReply | None:
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (key,)
+        ).fetchone()
+        return CachedReply(*row) if row else None
+
+    def put(self, key: str, model: str, reply: CachedReply) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
+            (key, model, reply.text, reply.prompt_tokens, reply.completion_tokens, time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
