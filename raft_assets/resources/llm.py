@@ -144,6 +144,13 @@ class LLMResource(dg.ConfigurableResource):
         return ChatClient(self, cache)
 
 
+def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
+    """A leaky bucket that spreads `per_minute` over the minute instead of allowing it all in a burst."""
+    if per_minute >= 60:
+        return AsyncLimiter(per_minute / 60, 1)
+    return AsyncLimiter(1, 60 / per_minute)
+
+
 class ChatClient:
     """Sends chat requests for one materialization; use as `async with`, inside the event loop."""
 
@@ -153,7 +160,7 @@ class ChatClient:
         self.cache = cache
         self.usage = Usage()
         self.budget = TokenBudget(config.token_budget)
-        self._rpm = AsyncLimiter(config.requests_per_minute, 60) if config.requests_per_minute else None
+        self._rpm = _per_minute_limiter(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self._clients: list[openai.AsyncOpenAI] = []
         self._in_flight: list[int] = []

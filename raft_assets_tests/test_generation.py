@@ -1,0 +1,190 @@
+"""`questions` and `cot_answers` against the OpenAI-compatible test server (and the extractive generator)."""
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.generation.prompts import load_prompts
+from raft_assets.ingestion.assets import chunks, documents
+from raft_assets.partitions import doc_sources
+from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets_tests.conftest import write_sources
+from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
+from raft_assets_tests.raft_model import raft_responder
+
+TOPICS = ["FSDP", "torchrun", "LoRA", "KV cache", "bf16", "vLLM", "GQA", "RoPE", "DCP", "SDPA"]
+STATUSES = {"ok", "duplicate", "parse_error", "error", "over_budget"}
+
+
+def write_corpus(folder: Path, count: int) -> Path:
+    """`count` markdown documents of two paragraphs (two chunks) each, all different."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"doc_{i:02d}.md").write_text(document_text(i, "v1"), encoding="utf-8")
+    return folder
+
+
+def document_text(i: int, version: str) -> str:
+    topic = TOPICS[i % len(TOPICS)]
+    paragraphs = [
+        " ".join(
+            f"{topic} note {i}.{p}.{s} ({version}): rank {s} keeps shard {p * 10 + s} of layer {i} in memory."
+            for s in range(9)
+        )
+        for p in range(2)
+    ]
+    return f"# {topic} {i}\n\n" + "\n\n".join(paragraphs)
+
+
+def setup_source(project, instance, folder: Path) -> None:
+    write_sources(Path(project.sources_file), [{"name": "docs", "kind": "local", "path": str(folder)}])
+    instance.add_dynamic_partitions(doc_sources.name, ["docs"])
+
+
+def materialize(project, instance, llm: LLMResource, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [documents, chunks, questions, cot_answers],
+        partition_key="docs",
+        instance=instance,
+        resources={"paths": project, "llm": llm},
+        run_config=run_config or {},
+        raise_on_error=False,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    return {key: value.value for key, value in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def read(project, asset: str) -> pl.DataFrame:
+    return pl.read_parquet(project.stage_file(asset, "docs"))
+
+
+def endpoint(server: OpenAITestServer, **options) -> LLMResource:
+    return LLMResource(base_url=server.base_url, model="test-model", **({"timeout_s": 2.0} | options))
+
+
+def test_a_partition_completes_under_injected_faults_and_nothing_is_lost(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 8))
+    faults = {"http_500": 0.10, "http_429": 0.05, "timeout": 0.05, "no_answer_tag": 0.10}
+    with OpenAITestServer(raft_responder, faults=faults, seed=7, retry_after_s=0.05, hang_s=10) as server:
+        result = materialize(project, instance, endpoint(server, timeout_s=0.5, max_retries=8))
+        stats = server.stats
+    assert result.success
+
+    chunk_ids = set(read(project, "chunks")["chunk_id"])
+    found = read(project, "questions")
+    answers = read(project, "cot_answers")
+    assert set(found["chunk_id"]) == chunk_ids  # every chunk has rows
+    assert set(found["status"]) <= STATUSES and set(answers["status"]) <= STATUSES
+    assert sorted(answers["question_id"]) == sorted(found.filter(pl.col("status") == "ok")["question_id"])
+    assert (answers["status"] == "ok").all() and answers["answer"].is_not_null().all()
+    assert answers["quotes_ok"].all()
+    assert (answers["attempts"] > 1).any()  # replies that lost their <ANSWER> tag were asked again
+
+    assert stats.faults["http_500"] and stats.faults["http_429"] and stats.faults["timeout"]
+    assert stats.faults["no_answer_tag"]
+    generated = [metadata(result, "questions"), metadata(result, "cot_answers")]
+    # Each reply the server completed is counted once, whatever the retries before it.
+    assert sum(m["llm_requests"] for m in generated) == stats.completed
+    assert sum(m["llm_prompt_tokens"] for m in generated) == stats.prompt_tokens
+    assert sum(m["llm_completion_tokens"] for m in generated) == stats.completion_tokens
+    assert sum(m["llm_http_attempts"] for m in generated) == stats.requests
+    assert sum(m["llm_retries"] for m in generated) > 0
+    assert generated[0]["generator"] == "test-model"
+
+
+def test_changing_one_document_sends_only_its_new_chunks(project, instance, tmp_path):
+    folder = write_corpus(tmp_path / "corpus", 20)
+    setup_source(project, instance, folder)
+    with OpenAITestServer(raft_responder, keep_bodies=True) as server:
+        llm = endpoint(server)
+        assert materialize(project, instance, llm).success
+        before = set(read(project, "chunks")["text"])
+        server.reset_stats()
+
+        (folder / "doc_07.md").write_text(document_text(7, "v2"), encoding="utf-8")
+        assert materialize(project, instance, llm).success
+        bodies = server.stats.bodies
+
+    new_chunks = set(read(project, "chunks")["text"]) - before
+    assert len(new_chunks) == 2
+    documents = [re.search(r"<DOCUMENT>(.*?)</DOCUMENT>", last_user_message(b), re.S) for b in bodies]
+    asked_about = [last_user_message(b) for b, document in zip(bodies, documents, strict=True) if document is None]
+    answered_from = [document.group(1) for document in documents if document is not None]
+    assert sorted(asked_about) == sorted(new_chunks)  # a question request for each new chunk, and only those
+    assert set(answered_from) == new_chunks
+    new_questions = read(project, "questions").filter(
+        pl.col("chunk_id").is_in(set(read(project, "chunks").filter(pl.col("text").is_in(new_chunks))["chunk_id"]))
+    )
+    assert len(answered_from) == (new_questions["status"] == "ok").sum() > 0  # one answer per new question
+
+
+def test_the_token_budget_stops_cleanly_and_a_rerun_resumes_from_the_cache(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    with OpenAITestServer(raft_responder) as server:
+        result = materialize(project, instance, endpoint(server, token_budget=2_000, max_concurrency=1))
+        spent = server.stats.prompt_tokens + server.stats.completion_tokens
+        completed = server.stats.completed
+        assert not result.success
+        found = read(project, "questions")
+        assert spent <= 2_000
+        assert 0 < completed < 6
+        assert set(found["status"]) == {"ok", "over_budget"}
+        assert "token budget of 2,000 would be exceeded" in found.filter(pl.col("status") == "over_budget")["error"][0]
+
+        server.reset_stats()
+        assert materialize(project, instance, endpoint(server)).success
+        assert metadata_of_latest(instance, "questions")["llm_cache_hits"] == completed
+        assert server.stats.completed == 6 - completed + (read(project, "questions")["status"] == "ok").sum()
+
+
+def metadata_of_latest(instance: dg.DagsterInstance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def test_replicas_share_the_load(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 6))
+    with (
+        OpenAITestServer(raft_responder, latency_s=0.02, capacity=4) as first,
+        OpenAITestServer(raft_responder, latency_s=0.02, capacity=4) as second,
+    ):
+        llm = LLMResource(base_url=f"{first.base_url},{second.base_url}", model="test-model", max_concurrency=8)
+        assert materialize(project, instance, llm).success
+        shares = [first.stats.completed, second.stats.completed]
+    assert min(shares) >= 0.3 * sum(shares)
+
+
+def test_requests_per_minute_spaces_requests(tmp_path):
+    prompt = load_prompts()["questions"]
+    with OpenAITestServer(raft_responder) as server:
+        cache = ReplyCache(tmp_path / "cache.sqlite")
+
+        async def send_six() -> float:
+            async with endpoint(server, requests_per_minute=120).client(cache) as client:
+                started = time.monotonic()
+                batch = [{"chunk": f"chunk {i} " * 30, "num_questions": 2} for i in range(6)]
+                await asyncio.gather(*(client.reply(prompt, values, prompt.params) for values in batch))
+                return time.monotonic() - started
+
+        elapsed = asyncio.run(send_six())
+        cache.close()
+    assert elapsed >= 1.5  # 120 per minute: after a burst of two, one every half second
+
+
+def test_extractive_generator_runs_offline(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    result = materialize(project, instance, LLMResource())
+    assert result.success
+    assert metadata(result, "questions")["generator"] == "extractive"
+    assert metadata(result, "cot_answers")["llm_requests"] == 0
+    answers = read(project, "cot_answers")
+    assert answers["quotes_ok"].all()
+    assert all("##begin_quote##" in text and "<ANSWER>:" in text for text in answers["cot_answer"])
