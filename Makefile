@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/raft-assets run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto
 
 dev: $(STAMP)
 	$(VENV)/bin/python -m raft_assets.instance

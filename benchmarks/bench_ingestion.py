@@ -246,7 +246,7 @@ def materialize_in_this_process(work: Path, result_file: Path, profile_top: int)
     import dagster as dg
 
     from raft_assets.ingestion.assets import chunks, documents
-    from raft_assets.settings import ProjectPaths
+    from raft_assets.resources.paths import ProjectPaths
 
     import_s = time.perf_counter() - started
     rss_after_import = memory_status_mb("VmRSS")

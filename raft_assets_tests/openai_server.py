@@ -93,6 +93,7 @@ class ServerStats:
     fingerprints: Counter[str] = field(default_factory=Counter)  # chat request fingerprint -> times seen
     faults: Counter[str] = field(default_factory=Counter)  # fault name (or "fail_first") -> times injected
     completed: int = 0  # chat completions answered 200 (plain or streamed)
+    completed_fingerprints: Counter[str] = field(default_factory=Counter)  # fingerprint -> 200 replies sent
     active: int = 0  # requests holding a capacity slot now
     max_concurrent: int = 0  # most requests holding slots at once
     prompt_tokens: int = 0  # summed over 200 replies
@@ -111,6 +112,8 @@ class OpenAITestServer:
     retry_after_s: Retry-After on 429/503. hang_s: how long a `timeout` fault hangs before closing.
     fail_first_n: the first N attempts of every distinct request fail with `fail_first_status`.
     keep_bodies: record chat request bodies in stats. stream_chunks: content pieces per streamed reply.
+    hold_after: once this many replies completed, further chat requests wait without an answer until
+    release() or stop(): a client killed then has every completed reply in hand and none half-done.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class OpenAITestServer:
         fail_first_status: int = 500,
         keep_bodies: bool = False,
         stream_chunks: int = 4,
+        hold_after: int | None = None,
         port: int = 0,
     ) -> None:
         self.responder: Responder = responder or echo_responder
@@ -154,6 +158,8 @@ class OpenAITestServer:
         self.fail_first_status = fail_first_status
         self.keep_bodies = keep_bodies
         self.stream_chunks = max(1, stream_chunks)
+        self.hold_after = hold_after
+        self._released: asyncio.Event | None = None
         self._requested_port = port
         self.port = 0
         self._stats = ServerStats()
@@ -190,6 +196,13 @@ class OpenAITestServer:
             raise RuntimeError("test server failed to start") from self._startup_error
         return self
 
+    def release(self) -> None:
+        """Ends `hold_after`: held requests and later ones are served."""
+        self.hold_after = None
+        if self._loop is not None and self._released is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._loop.call_soon_threadsafe(self._released.set)
+
     def stop(self) -> None:
         """Stops serving (hanging requests end at once) and joins the thread; idempotent."""
         thread, loop, stopping = self._thread, self._loop, self._stopping
@@ -221,6 +234,7 @@ class OpenAITestServer:
 
     async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
         self._stopping = asyncio.Event()
+        self._released = asyncio.Event()
         self._slots = asyncio.Semaphore(self.capacity) if self.capacity is not None else None
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
@@ -247,6 +261,7 @@ class OpenAITestServer:
                 s,
                 status_counts=Counter(s.status_counts),
                 fingerprints=Counter(s.fingerprints),
+                completed_fingerprints=Counter(s.completed_fingerprints),
                 faults=Counter(s.faults),
                 bodies=list(s.bodies),
             )
@@ -337,6 +352,10 @@ class OpenAITestServer:
         if model not in self.models:
             return self._error(404, f"The model `{model}` does not exist.")
 
+        if self.hold_after is not None and self._stats.completed >= self.hold_after:
+            await self._held()
+            if request.transport is None or request.transport.is_closing():
+                raise asyncio.CancelledError  # the client went away while held: nothing to answer
         fp = fingerprint(body)
         with self._lock:
             attempt = self._stats.fingerprints[fp]
@@ -368,6 +387,7 @@ class OpenAITestServer:
         }
         with self._lock:
             self._stats.completed += 1
+            self._stats.completed_fingerprints[fp] += 1
             self._stats.prompt_tokens += prompt_tokens
             self._stats.completion_tokens += completion_tokens
             self._stats.status_counts[200] += 1
@@ -388,6 +408,14 @@ class OpenAITestServer:
             "usage": usage,
         }
         return web.Response(text=json.dumps(reply), content_type="application/json")
+
+    async def _held(self) -> None:
+        """Waits until release() or stop()."""
+        assert self._released is not None and self._stopping is not None
+        waits = [asyncio.ensure_future(self._released.wait()), asyncio.ensure_future(self._stopping.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
 
     async def _process(self, fp: str, attempt: int) -> None:
         """Holds a capacity slot (queueing for one) for the request's latency."""

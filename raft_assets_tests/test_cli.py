@@ -1,34 +1,11 @@
 """`raft-assets run` as a user runs it: a subprocess with its own DAGSTER_HOME and data folder."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from raft_assets_tests.conftest import write_sources
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(tmp_path: Path, *args: str, sources: Path | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "RAFT_DATA_DIR": str(tmp_path / "generated"),
-        "RAFT_SOURCES": str(sources or REPO / "data" / "sources.yaml"),
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "raft-assets"), "run", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from raft_assets_tests.conftest import run_cli, write_sources
 
 
 def test_run_materializes_both_sample_sources_into_the_dagster_home(tmp_path):

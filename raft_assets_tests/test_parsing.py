@@ -7,7 +7,10 @@ from raft_assets.generation.parsing import final_answer, parse_questions, quoted
     ("reply", "expected"),
     [
         ("What is FSDP?\nHow does torchrun set RANK?", ["What is FSDP?", "How does torchrun set RANK?"]),
-        ("1. What is FSDP?\n2) How does torchrun set RANK?\n(3) Why bf16?", ["What is FSDP?", "How does torchrun set RANK?", "Why bf16?"]),
+        (
+            "1. What is FSDP?\n2) How does torchrun set RANK?\n(3) Why bf16?",
+            ["What is FSDP?", "How does torchrun set RANK?", "Why bf16?"],
+        ),
         ("- What is FSDP?\n* Why bf16?\n• What is DCP?", ["What is FSDP?", "Why bf16?", "What is DCP?"]),
         ("Here are 3 questions:\n\n1. What is FSDP?\n\n2. Why bf16?\n", ["What is FSDP?", "Why bf16?"]),
         ("Sure! Here you go\nWhat is FSDP?\nWhy bf16?\nI hope these help!", ["What is FSDP?", "Why bf16?"]),

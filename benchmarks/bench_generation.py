@@ -1,0 +1,234 @@
+"""Generation throughput: our `llm` client against the reference design, on one OpenAI-compatible server.
+
+The server is the test suite's `OpenAITestServer` in its own process (200 ms latency, 64 slots, so the
+ideal rate is 64 / 0.2 = 320 requests/s). Both clients send the `questions` prompt for the same
+2,000 synthetic chunks:
+
+- ours: `generate_questions`, then `generate_answers` for every question, through `ChatClient`
+  (80 in flight: a little above the server's 64 slots, see CLIENT_CONCURRENCY; reply cache on a fresh
+  SQLite file), exactly as the assets run them;
+- reference: what the llama-recipes script does, a thread pool of min(32, CPUs + 4) workers each making
+  blocking requests with the openai SDK (the `questions` requests only).
+
+Run from the repository root: `.venv/bin/python benchmarks/bench_generation.py [--chunks 2000] [--record]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from raft_assets.generation.progress import StageProgress  # noqa: E402
+from raft_assets.generation.prompts import load_prompts  # noqa: E402
+from raft_assets.generation.tasks import generate_answers, generate_questions  # noqa: E402
+from raft_assets.hashing import content_hash  # noqa: E402
+from raft_assets.resources.llm import ChatClient, LLMResource  # noqa: E402
+from raft_assets.resources.reply_cache import ReplyCache  # noqa: E402
+
+LATENCY_S = 0.2
+CAPACITY = 64
+# A little above the server's capacity, as one runs against vLLM: the server then always has the next
+# request queued when a slot frees, instead of waiting for the client to turn a reply into a new request.
+CLIENT_CONCURRENCY = 80
+
+
+@dataclass(frozen=True)
+class Measurement:
+    client: str
+    requests: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def share_of_ideal(self) -> float:
+        return self.rate / (CAPACITY / LATENCY_S)
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / self.requests
+
+
+def synthetic_chunks(count: int) -> pl.DataFrame:
+    texts = [
+        " ".join(
+            f"Chunk {i} sentence {s}: rank {s % 8} holds shard {i * 7 + s} of the model's layers." for s in range(12)
+        )
+        for i in range(count)
+    ]
+    ids = [content_hash(text) for text in texts]
+    return pl.DataFrame(
+        {"chunk_id": ids, "doc_id": ids, "source": ["bench"] * count, "position": [0] * count, "text": texts}
+    )
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raft_assets_tests.openai_server",
+            "--latency",
+            str(LATENCY_S),
+            "--capacity",
+            str(CAPACITY),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return process, process.stdout.readline().split()[-1]
+
+
+def measure_ours(base_url: str, chunks: pl.DataFrame) -> list[Measurement]:
+    """Both stages as the assets run them: questions for every chunk, then an answer for every question."""
+    llm = LLMResource(base_url=base_url, model="test-model", max_concurrency=CLIENT_CONCURRENCY)
+    log = logging.getLogger("bench")
+    chunk_texts = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    measurements = []
+
+    async def stage(client: ChatClient, name: str, work) -> object:
+        requests_before = client.usage.requests
+        started, cpu = time.monotonic(), time.process_time()
+        result = await work
+        seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu
+        measurements.append(Measurement(name, client.usage.requests - requests_before, seconds, cpu_seconds))
+        return result
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            cache = ReplyCache(Path(folder) / "replies.sqlite")
+            async with llm.client(cache) as client:
+                questions = await stage(
+                    client,
+                    f"ours: `questions` (asyncio, {CLIENT_CONCURRENCY} in flight)",
+                    generate_questions(client, chunks, 5, 1, StageProgress("q", chunks.height, log, 3600, int)),
+                )
+                pending = int((questions["status"] == "ok").sum())
+                await stage(
+                    client,
+                    f"ours: `cot_answers` (asyncio, {CLIENT_CONCURRENCY} in flight)",
+                    generate_answers(client, questions, chunk_texts, 1, StageProgress("a", pending, log, 3600, int)),
+                )
+            cache.close()
+
+    asyncio.run(run())
+    total = Measurement(
+        "ours: both stages",
+        sum(m.requests for m in measurements),
+        sum(m.seconds for m in measurements),
+        sum(m.cpu_seconds for m in measurements),
+    )
+    return [*measurements, total]
+
+
+def measure_reference(base_url: str, chunks: pl.DataFrame) -> Measurement:
+    prompt = load_prompts()["questions"]
+    client = openai.OpenAI(base_url=base_url, api_key="EMPTY", max_retries=2)
+    workers = min(32, (os.cpu_count() or 1) + 4)
+
+    def ask(text: str) -> str:
+        messages = prompt.messages(chunk=text, num_questions=5)
+        return (
+            client.chat.completions.create(model="test-model", messages=messages, **prompt.params)
+            .choices[0]
+            .message.content
+        )
+
+    started, cpu = time.monotonic(), time.process_time()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        replies = list(pool.map(ask, chunks["text"]))
+    return Measurement(
+        f"reference: thread pool of {workers} blocking requests",
+        len(replies),
+        time.monotonic() - started,
+        time.process_time() - cpu,
+    )
+
+
+def table(measurements: list[Measurement]) -> str:
+    lines = [
+        "| client | requests | seconds | requests/s | share of ideal (320/s) | client CPU ms per request |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        lines.append(
+            f"| {m.client} | {m.requests:,} | {m.seconds:.2f} | {m.rate:.1f} | {m.share_of_ideal:.1%} | {m.cpu_ms_per_request:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def record(text: str) -> None:
+    results = REPO / "benchmarks" / "RESULTS.md"
+    heading = "## Generation: requests to an OpenAI-compatible server"
+    current = results.read_text(encoding="utf-8")
+    if heading in current:
+        start = current.index(heading)
+        end = current.find("\n## ", start + len(heading))
+        current = current[:start] + current[end + 1 :] if end != -1 else current[:start]
+    results.write_text(current.rstrip() + "\n\n" + text + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=2000)
+    parser.add_argument("--record", action="store_true", help="write the results into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    chunks = synthetic_chunks(args.chunks)
+    process, base_url = start_server()
+    try:
+        measurements = [*measure_ours(base_url, chunks), measure_reference(base_url, chunks)]
+    finally:
+        process.terminate()
+        process.wait()
+    ours, reference = measurements[-2], measurements[-1]
+    verdict = (
+        f"- Target: at least 90% of the ideal rate: {ours.share_of_ideal:.1%}, "
+        f"{'PASS' if ours.share_of_ideal >= 0.9 else 'FAIL'}; client CPU under 2 ms per request: "
+        f"{ours.cpu_ms_per_request:.2f} ms, {'PASS' if ours.cpu_ms_per_request < 2 else 'FAIL'}.\n"
+        f"- Ours is {ours.rate / reference.rate:.1f}x the reference design's rate, measured in the same run "
+        "(the reference sends the `questions` requests only: at its rate the answers would take minutes)."
+    )
+    text = "\n".join(
+        [
+            "## Generation: requests to an OpenAI-compatible server",
+            "",
+            f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores, "
+            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, openai {openai.__version__}",
+            f"- Command: `.venv/bin/python benchmarks/bench_generation.py --chunks {args.chunks} --record`",
+            f"- Server: `OpenAITestServer` in its own process, {LATENCY_S * 1000:.0f} ms latency, capacity {CAPACITY} "
+            "(ideal 320 requests/s); the `questions` prompt for each chunk. Client CPU is the client process's "
+            "CPU time (the server runs in another process) divided by the requests.",
+            "",
+            table(measurements),
+            "",
+            verdict,
+        ]
+    )
+    print(text)
+    if args.record:
+        record(text)
+
+
+if __name__ == "__main__":
+    main()
