@@ -3,13 +3,16 @@
 import dagster as dg
 
 from raft_assets.automation.sensors import doc_sources_sensor, per_source_job
+from raft_assets.dataset.assets import eval_set, raft_dataset
 from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
+from raft_assets.retrieval.assets import retrieval_index
+from raft_assets.training.assets import base_model
 
 defs = dg.Definitions(
-    assets=[documents, chunks, questions, cot_answers],
+    assets=[documents, chunks, questions, cot_answers, retrieval_index, base_model, raft_dataset, eval_set],
     jobs=[per_source_job],
     sensors=[doc_sources_sensor],
     resources={"paths": ProjectPaths.from_env(), "llm": LLMResource.from_env("RAFT_LLM")},

@@ -24,6 +24,19 @@ def read_parquet(path: Path, asset: str) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
+def read_all_partitions(
+    data_dir: str | Path, stage: str, partition_keys: list[str], columns: list[str] | None = None
+) -> pl.DataFrame:
+    """One stage's rows over the given source partitions (those materialized; the others are absent)."""
+    files = [Path(data_dir) / stage / f"{key}.parquet" for key in partition_keys]
+    existing = [path for path in files if path.is_file()]
+    if not existing:
+        raise dg.Failure(
+            f"No {stage} file for any source ({', '.join(partition_keys) or 'no sources'}): materialize {stage!r} first."
+        )
+    return pl.concat([pl.read_parquet(path, columns=columns) for path in existing], how="vertical")
+
+
 def table_metadata(frame: pl.DataFrame, path: Path) -> dict[str, Any]:
     """Row count, column schema and the file's path, under Dagster's standard metadata keys."""
     schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])

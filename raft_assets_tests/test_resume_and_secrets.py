@@ -21,6 +21,9 @@ def corpus_sources(tmp_path: Path, count: int) -> Path:
     return write_sources(tmp_path / "sources.yaml", [{"name": "docs", "kind": "local", "path": str(folder)}])
 
 
+GENERATION = ["--select", "documents,chunks,questions,cot_answers"]
+
+
 def endpoint_env(server: OpenAITestServer, **extra: str) -> dict[str, str]:
     return {"RAFT_LLM_BASE_URL": server.base_url, "RAFT_LLM_MODEL": "test-model", **extra}
 
@@ -48,7 +51,7 @@ def test_a_killed_run_resumes_without_paying_twice_and_matches_an_uninterrupted_
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     with OpenAITestServer(raft_responder, hold_after=40, latency_s=0.01) as server:
         process = subprocess.Popen(
-            [RAFT_ASSETS, "run"],
+            [RAFT_ASSETS, "run", *GENERATION],
             cwd=REPO,
             env=cli_env(killed_dir, sources, **endpoint_env(server)),
             stdout=subprocess.DEVNULL,
@@ -70,7 +73,7 @@ def test_a_killed_run_resumes_without_paying_twice_and_matches_an_uninterrupted_
         completed_before_kill = server.stats.completed_fingerprints
 
         server.release()
-        resumed = run_cli(killed_dir, sources=sources, **endpoint_env(server))
+        resumed = run_cli(killed_dir, *GENERATION, sources=sources, **endpoint_env(server))
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         completed_after = server.stats.completed_fingerprints
 
@@ -79,7 +82,7 @@ def test_a_killed_run_resumes_without_paying_twice_and_matches_an_uninterrupted_
     assert sum(completed_before_kill.values()) >= 40
 
     with OpenAITestServer(raft_responder) as fresh:
-        uninterrupted = run_cli(clean_dir, sources=sources, **endpoint_env(fresh))
+        uninterrupted = run_cli(clean_dir, *GENERATION, sources=sources, **endpoint_env(fresh))
         assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
         assert fresh.stats.completed == sum(completed_after.values())  # the same requests in all
     for stage, frame in outputs(killed_dir / "generated").items():
@@ -90,7 +93,9 @@ def test_the_api_key_appears_nowhere(tmp_path):
     secret = f"raft-test-key-{uuid.uuid4().hex}"
     sources = corpus_sources(tmp_path, 2)
     with OpenAITestServer(raft_responder, api_key=secret) as server:
-        result = run_cli(tmp_path, "--verbose", sources=sources, **endpoint_env(server, RAFT_LLM_API_KEY=secret))
+        result = run_cli(
+            tmp_path, "--verbose", *GENERATION, sources=sources, **endpoint_env(server, RAFT_LLM_API_KEY=secret)
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert server.stats.completed > 0  # the key was sent, so the server accepted it
 

@@ -1,0 +1,1 @@
+"""The retrieval index: sentence-transformers embeddings of every chunk, searchable with FAISS."""

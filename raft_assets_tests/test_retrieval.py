@@ -1,0 +1,259 @@
+"""The retrieval index: embeddings, the saved FAISS index, other-document neighbours and the asset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from raft_assets.hashing import content_hash
+from raft_assets.ingestion.chunking import CHUNK_SCHEMA
+from raft_assets.partitions import doc_sources
+from raft_assets.resources.paths import ProjectPaths
+from raft_assets.retrieval.assets import index_folder, retrieval_index
+from raft_assets.retrieval.embeddings import (
+    DEFAULT_EMBEDDING_MODEL,
+    EmbeddingModelNotFoundError,
+    embed,
+    load_embedder,
+    resolve_model_path,
+)
+from raft_assets.retrieval.index import FAISS_FILE, MANIFEST_FILE, ChunkIndex
+from raft_assets.retrieval.pending import PendingEmbeddings
+
+
+def normalised(vectors) -> np.ndarray:
+    array = np.asarray(vectors, dtype=np.float32)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def random_index(n: int, d: int = 16, docs: int = 5, seed: int = 0) -> ChunkIndex:
+    rng = np.random.default_rng(seed)
+    return ChunkIndex(
+        chunk_ids=[f"c{i}" for i in range(n)],
+        embeddings=normalised(rng.standard_normal((n, d))),
+        model="test",
+        doc_ids=[f"d{i % docs}" for i in range(n)],
+    )
+
+
+# -- embeddings ------------------------------------------------------------------------------------------
+
+
+def test_embeddings_are_normalised_and_similar_texts_score_higher():
+    model = load_embedder(DEFAULT_EMBEDDING_MODEL)
+    assert load_embedder(DEFAULT_EMBEDDING_MODEL) is model  # loaded once per process
+    vectors = embed(
+        model,
+        ["The cat sleeps on the mat.", "A kitten is napping on a rug.", "Corporate tax returns are due in April."],
+        batch_size=2,
+    )
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert embed(model, []).shape == (0, 384)
+
+
+def test_models_resolve_offline_and_unknown_ones_give_a_clear_error(tmp_path: Path, monkeypatch):
+    from huggingface_hub import constants
+
+    # A Hugging Face cache holding one model, under a name of the sentence-transformers organisation.
+    cache = tmp_path / "hub"
+    repo = cache / "models--sentence-transformers--tiny-test"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / "0123abc").symlink_to(resolve_model_path(DEFAULT_EMBEDDING_MODEL), target_is_directory=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    assert resolve_model_path("tiny-test") == repo / "snapshots" / "0123abc"
+    assert resolve_model_path("sentence-transformers/tiny-test") == repo / "snapshots" / "0123abc"
+    assert embed(load_embedder("tiny-test"), ["cached"]).shape == (1, 384)
+    with pytest.raises(
+        EmbeddingModelNotFoundError, match=r"not available offline.*hf download sentence-transformers/multi-qa-mpnet"
+    ):
+        resolve_model_path("multi-qa-mpnet-base-cos-v1")
+    with pytest.raises(EmbeddingModelNotFoundError, match="not a model folder"):
+        resolve_model_path(str(tmp_path / "no-model-here"))
+    assert (resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") / "modules.json").is_file()
+
+
+# -- the index -------------------------------------------------------------------------------------------
+
+
+def test_save_and_load_give_identical_search_results(tmp_path: Path):
+    index = random_index(50)
+    queries = normalised(np.random.default_rng(1).standard_normal((7, 16)))
+    scores, ids = index.search(queries, 5)
+    assert [row[0] for row in index.search(index.embeddings[:3], 1)[1]] == ["c0", "c1", "c2"]
+
+    folder = index.save(tmp_path / "index")
+    random_index(10, seed=3).save(tmp_path / "index")  # replaced by the next save
+    folder = index.save(tmp_path / "index")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["index"]  # no temporary folder left
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert manifest["count"] == 50 and manifest["dimension"] == 16 and manifest["model"] == "test"
+
+    loaded = ChunkIndex.load(folder)
+    assert loaded.chunk_ids == index.chunk_ids and loaded.doc_ids == index.doc_ids
+    assert loaded.data_version == index.data_version
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+    loaded_scores, loaded_ids = loaded.search(queries, 5)
+    assert loaded_ids == ids
+    np.testing.assert_array_equal(loaded_scores, scores)
+    assert loaded.nearest_other_documents(index.chunk_ids, 3) == index.nearest_other_documents(index.chunk_ids, 3)
+
+
+def test_a_crash_during_the_swap_leaves_a_complete_index(tmp_path: Path):
+    folder = random_index(20).save(tmp_path / "index")
+    # A crash after moving the old index aside and before moving the new one in:
+    (tmp_path / "index").rename(tmp_path / ".index.new")
+    assert len(ChunkIndex.load(folder)) == 20
+    # A crash while the new index was being written: the old one stays.
+    new = tmp_path / ".index.new"
+    new.mkdir()
+    (new / FAISS_FILE).write_bytes(b"half")
+    assert len(ChunkIndex.load(folder)) == 20
+    random_index(30).save(folder)
+    assert len(ChunkIndex.load(folder)) == 30
+    with pytest.raises(FileNotFoundError, match="materialize 'retrieval_index'"):
+        ChunkIndex.load(tmp_path / "elsewhere")
+
+
+def test_nearest_other_documents_skips_the_chunks_own_document():
+    # Document a: three chunks near (1, 0, 0); b and c at known angles from them.
+    vectors = {
+        "a1": [1.0, 0.0, 0.0],
+        "a2": [0.99, 0.1, 0.0],
+        "a3": [0.98, 0.0, 0.1],
+        "b1": [0.8, 0.6, 0.0],  # cosine 0.8 with a1
+        "b2": [0.0, 1.0, 0.0],  # 0.0
+        "c1": [0.9, 0.0, 0.44],  # ~0.9
+        "c2": [0.6, 0.0, 0.8],  # 0.6
+    }
+    docs = {chunk_id: chunk_id[0] for chunk_id in vectors}
+    index = ChunkIndex(list(vectors), normalised(list(vectors.values())), "test", list(docs.values()))
+
+    assert index.search(normalised([[1.0, 0.0, 0.0]]), 3)[1] == [["a1", "a2", "a3"]]
+    nearest = index.nearest_other_documents(["a1", "b2"], k=3, margin=0)
+    assert nearest["a1"] == ["c1", "b1", "c2"]
+    assert all(docs[other] != "b" for other in nearest["b2"])
+    assert index.nearest_other_documents(["a1"], k=10)["a1"] == ["c1", "b1", "c2", "b2"]  # all there are
+    assert index.nearest_other_documents(["a1"], k=0) == {"a1": []}
+    # Doc ids given by the caller: with b1 in document a, it is no longer a neighbour of a1.
+    assert index.nearest_other_documents(["a1"], k=2, doc_ids_of_chunks={"b1": "a"})["a1"] == ["c1", "c2"]
+    single = ChunkIndex(["x", "y"], normalised([[1, 0], [0, 1]]), "test", ["d", "d"])
+    assert single.nearest_other_documents(["x"], k=4) == {"x": []}
+    with pytest.raises(KeyError, match="not in the index"):
+        index.nearest_other_documents(["zz"], k=1)
+
+
+@pytest.mark.parametrize("margin", [0, 32])
+def test_nearest_other_documents_match_brute_force(margin: int):
+    index = random_index(300, docs=7, seed=2)
+    # Large documents crowd out the others: most chunks need a wider search when the margin is 0.
+    nearest = index.nearest_other_documents(index.chunk_ids, k=4, margin=margin)
+    similarity = index.embeddings @ index.embeddings.T
+    docs = np.array(index.doc_ids)
+    for row, chunk_id in enumerate(index.chunk_ids):
+        candidates = np.flatnonzero(docs != docs[row])
+        expected = candidates[np.argsort(-similarity[row, candidates], kind="stable")[:4]]
+        assert nearest[chunk_id] == [index.chunk_ids[i] for i in expected]
+
+
+# -- the asset -------------------------------------------------------------------------------------------
+
+
+def write_chunks(project: ProjectPaths, source: str, texts: dict[str, list[str]]) -> None:
+    rows = [
+        (content_hash(text), f"{source}-{doc}", source, position, text)
+        for doc, doc_texts in texts.items()
+        for position, text in enumerate(doc_texts)
+    ]
+    path = project.stage_file("chunks", source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows, schema=CHUNK_SCHEMA, orient="row").write_parquet(path)
+
+
+def materialize(project: ProjectPaths, instance: dg.DagsterInstance, **config) -> dict:
+    result = dg.materialize(
+        [retrieval_index],
+        instance=instance,
+        resources={"paths": project},
+        run_config={"ops": {"retrieval_index": {"config": config}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        [failure] = [event.step_failure_data for event in result.get_step_failure_events()]
+        return {"error": failure.user_failure_data.description if failure.user_failure_data else str(failure.error)}
+    [materialization] = result.asset_materializations_for_node("retrieval_index")
+    return {
+        **{key: value.value for key, value in materialization.metadata.items()},
+        "data_version": materialization.tags["dagster/data_version"],
+    }
+
+
+ALPHA = {
+    "llamas": ["Llama 3 models come in 8B and 70B sizes.", "The 70B model is used to generate questions."],
+    "pytorch": ["FSDP shards model parameters across GPUs.", "torchrun starts one process per GPU."],
+}
+BETA = {"cooking": ["Bake the bread for forty minutes at 220 degrees.", "Knead the dough for ten minutes."]}
+
+
+def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: ProjectPaths, instance):
+    write_chunks(project, "alpha", ALPHA)
+    write_chunks(project, "beta", BETA)
+    instance.add_dynamic_partitions(doc_sources.name, ["alpha", "beta", "gamma"])  # gamma has no chunks yet
+
+    first = materialize(project, instance)
+    assert first["chunks"] == 6 and first["newly_embedded"] == 6 and first["reused"] == 0
+    assert first["model"] == DEFAULT_EMBEDDING_MODEL and first["dimension"] == 384
+    assert first["sources_without_chunks"] == "gamma"
+    index = ChunkIndex.load(index_folder(project))
+    assert Path(first["path"]) == index_folder(project).resolve()
+    assert len(index) == 6 and set(index.doc_ids) == {"alpha-llamas", "alpha-pytorch", "beta-cooking"}
+    query = embed(load_embedder(DEFAULT_EMBEDDING_MODEL), ["How long should bread bake?"])
+    assert index.search(query, 1)[1] == [[content_hash(BETA["cooking"][0])]]
+    neighbours = index.nearest_other_documents(index.chunk_ids, k=2)
+    assert all(len(others) == 2 for others in neighbours.values())
+
+    # One chunk changes: only it is embedded; the old one is dropped.
+    write_chunks(project, "beta", {"cooking": ["Bake the bread for forty-five minutes.", BETA["cooking"][1]]})
+    second = materialize(project, instance)
+    assert (second["chunks"], second["newly_embedded"], second["reused"], second["dropped"]) == (6, 1, 5, 1)
+    assert second["data_version"] != first["data_version"]
+    reloaded = ChunkIndex.load(index_folder(project))
+    np.testing.assert_array_equal(reloaded.vectors(index.chunk_ids[:4]), index.vectors(index.chunk_ids[:4]))
+
+    # Nothing changes: nothing is embedded and the model is not even needed.
+    third = materialize(project, instance)
+    assert (third["newly_embedded"], third["reused"]) == (0, 6)
+    assert third["data_version"] == second["data_version"]
+
+    # A model that is not available offline fails clearly.
+    failed = materialize(project, instance, embedding_model="multi-qa-mpnet-base-cos-v1")
+    assert "not available offline" in failed["error"] and "hf download" in failed["error"]
+    assert len(ChunkIndex.load(index_folder(project))) == 6  # the index is untouched
+
+
+def test_the_asset_resumes_with_the_embeddings_of_an_interrupted_run(project: ProjectPaths, instance):
+    write_chunks(project, "alpha", ALPHA)
+    instance.add_dynamic_partitions(doc_sources.name, ["alpha"])
+    text = ALPHA["llamas"][0]
+    folder = index_folder(project)
+    pending = PendingEmbeddings(folder.with_name(".index.pending"), DEFAULT_EMBEDDING_MODEL)
+    pending.add([content_hash(text)], embed(load_embedder(DEFAULT_EMBEDDING_MODEL), [text]))
+
+    result = materialize(project, instance)
+    assert (result["chunks"], result["newly_embedded"], result["reused"]) == (4, 3, 1)
+    assert not pending.folder.exists()
+
+
+def test_the_asset_fails_without_chunks(project: ProjectPaths, instance):
+    instance.add_dynamic_partitions(doc_sources.name, ["alpha"])
+    assert "materialize 'chunks' first" in materialize(project, instance)["error"]
