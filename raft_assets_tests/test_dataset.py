@@ -7,7 +7,16 @@ import pytest
 
 from raft_assets.dataset.builder import DatasetOptions, assign_splits, plan_records, write_dataset
 from raft_assets.dataset.distractors import NotEnoughDocuments
-from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, split_instruction, without_document_tags
+from raft_assets.dataset.lengths import TokenLengths
+from raft_assets.dataset.records import (
+    REFUSAL_ANSWER,
+    Passage,
+    Sample,
+    chat_messages,
+    split_instruction,
+    without_document_tags,
+)
+from raft_assets.training.base_model import build_tiny_model, load_tokenizer
 
 
 def corpus(documents: int = 12, chunks_per_document: int = 3, questions_per_chunk: int = 2):
@@ -153,3 +162,38 @@ def test_document_tags_inside_a_passage_are_defused(tmp_path):
     for record in with_tags:
         documents, question = split_instruction(record["instruction"])
         assert question == record["question"] and documents.count("<DOCUMENT>") == 5
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    texts = [p.read_text(encoding="utf-8") for p in sorted(Path("data").glob("*/*.md"))]
+    model = build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny", texts)
+    return load_tokenizer(model)
+
+
+@pytest.mark.parametrize("overlength", ["drop", "truncate"])
+def test_samples_longer_than_the_context_are_dropped_or_truncated(tmp_path, tiny_tokenizer, overlength):
+    samples, passages = corpus()
+    long_text = " ".join(f"Filler sentence {i} about pipeline parallel stages." for i in range(120))
+    passages = [
+        Passage(p.chunk_id, p.doc_id, p.title, p.text + (f" {long_text}" if p.doc_id == "d03" else ""))
+        for p in passages
+    ]
+    lengths = TokenLengths(tiny_tokenizer, 700)
+    options = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", overlength=overlength)
+    splits = assign_splits(sorted({s.doc_id for s in samples}), 0.1, 0.1, 42)
+    plans = plan_records(samples, passages, splits, options, None)
+    stats = write_dataset(tmp_path, plans, samples, passages, options, lengths)
+    records = [json.loads(line) for line in (tmp_path / "raft.jsonl").read_text().splitlines()]
+    long_ones = sum(any(long_text[:40] in t for t in (passages[i].text for i in plan.passages)) for plan in plans)
+    assert long_ones > 0
+    assert max(stats.token_lengths) <= 700
+    for record in records:
+        documents, question = split_instruction(record["instruction"])
+        messages = chat_messages(question, documents, record["cot_answer"])
+        assert len(tiny_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)) <= 700
+    if overlength == "drop":
+        assert stats.dropped_overlength == long_ones and stats.truncated == 0
+        assert len(records) == len(plans) - long_ones
+    else:
+        assert stats.truncated == long_ones and stats.dropped_overlength == 0 and len(records) == len(plans)
