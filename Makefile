@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/raft-assets run
+	$(VENV)/bin/raft-assets run --config data/demo_run_config.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto

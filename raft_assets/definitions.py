@@ -8,12 +8,28 @@ from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
+from raft_assets.resources.trainer import TrainerResource
 from raft_assets.retrieval.assets import retrieval_index
-from raft_assets.training.assets import base_model
+from raft_assets.training.assets import base_model, fsdp_checkpoint, hf_checkpoint
 
 defs = dg.Definitions(
-    assets=[documents, chunks, questions, cot_answers, retrieval_index, base_model, raft_dataset, eval_set],
+    assets=[
+        documents,
+        chunks,
+        questions,
+        cot_answers,
+        retrieval_index,
+        base_model,
+        raft_dataset,
+        eval_set,
+        fsdp_checkpoint,
+        hf_checkpoint,
+    ],
     jobs=[per_source_job],
     sensors=[doc_sources_sensor],
-    resources={"paths": ProjectPaths.from_env(), "llm": LLMResource.from_env("RAFT_LLM")},
+    resources={
+        "paths": ProjectPaths.from_env(),
+        "llm": LLMResource.from_env("RAFT_LLM"),
+        "trainer": TrainerResource(),
+    },
 )

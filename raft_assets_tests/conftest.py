@@ -59,3 +59,57 @@ def project(tmp_path: Path) -> ProjectPaths:
 def instance():
     with dg.instance_for_test() as instance:
         yield instance
+
+
+SOURCES = ["llama_docs", "pytorch_docs"]
+
+
+def run_assets(
+    project: ProjectPaths,
+    instance: dg.DagsterInstance,
+    selection: list,
+    partition: str | None = None,
+    config: dict | None = None,
+    **resources: object,
+) -> dg.ExecuteInProcessResult:
+    """Materialize `selection` out of the whole graph (with the extractive generator unless told otherwise)."""
+    from raft_assets.definitions import defs
+    from raft_assets.resources.llm import LLMResource
+    from raft_assets.resources.trainer import TrainerResource
+
+    result = dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        resources={"paths": project, "llm": LLMResource(), "trainer": TrainerResource(), **resources},
+        run_config={"ops": config or {}},
+    )
+    assert result.success
+    return result
+
+
+@pytest.fixture(scope="session")
+def sample_pipeline(tmp_path_factory):
+    """The shipped sample corpus through `eval_set`, with the extractive generator and the tiny model."""
+    from raft_assets.dataset.assets import eval_set, raft_dataset
+    from raft_assets.generation.assets import cot_answers, questions
+    from raft_assets.ingestion.assets import chunks, documents
+    from raft_assets.partitions import doc_sources
+    from raft_assets.retrieval.assets import retrieval_index
+    from raft_assets.training.assets import base_model
+
+    root = tmp_path_factory.mktemp("pipeline")
+    project = ProjectPaths(
+        sources_file=str(REPO / "data" / "sources.yaml"),
+        data_dir=str(root / "generated"),
+        checkpoint_dir=str(root / "checkpoints"),
+    )
+    curation = root / "curation.yaml"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(doc_sources.name, SOURCES)
+        for source in SOURCES:
+            run_assets(project, instance, [documents, chunks, questions, cot_answers], source)
+        eval_config = {"eval_set": {"config": {"curation_file": str(curation), "size": 10}}}
+        run_assets(project, instance, [retrieval_index, base_model, raft_dataset, eval_set], config=eval_config)
+        yield project, instance, curation

@@ -51,7 +51,10 @@ def test_select_and_source_narrow_the_run(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--select", "nope"], "Known assets: base_model, chunks, cot_answers, documents, eval_set, questions, raft_dataset, retrieval_index"),
+        (
+            ["--select", "nope"],
+            "Known assets: base_model, chunks, cot_answers, documents, eval_set, questions, raft_dataset, retrieval_index",
+        ),
         (["--source", "nope"], "unknown source nope; sources in"),
         (["--select", "documents++("], "cannot parse --select"),
     ],

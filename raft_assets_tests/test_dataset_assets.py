@@ -3,68 +3,25 @@
 import json
 from pathlib import Path
 
-import dagster as dg
 import datasets
 import numpy as np
 import polars as pl
-import pytest
 import yaml
 
 from raft_assets.dataset.assets import eval_set, raft_dataset
 from raft_assets.dataset.records import chat_messages, split_instruction, without_document_tags
 from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import retrieval_index
 from raft_assets.retrieval.index import ChunkIndex
-from raft_assets.training.assets import base_model
 from raft_assets.training.base_model import load_tokenizer, read_pointer
-from raft_assets_tests.conftest import REPO
-
-PER_SOURCE = [documents, chunks, questions, cot_answers]
-GLOBAL = [retrieval_index, base_model, raft_dataset, eval_set]
-SOURCES = ["llama_docs", "pytorch_docs"]
-
-
-def run(project: ProjectPaths, instance, selection: list, partition: str | None = None, config: dict | None = None):
-    result = dg.materialize(
-        PER_SOURCE + GLOBAL,
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources={"paths": project, "llm": LLMResource()},
-        run_config={"ops": config or {}},
-    )
-    assert result.success
-    return result
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The sample corpus through eval_set with the extractive generator and the tiny model."""
-    root = tmp_path_factory.mktemp("dataset")
-    project = ProjectPaths(
-        sources_file=str(REPO / "data" / "sources.yaml"),
-        data_dir=str(root / "generated"),
-        checkpoint_dir=str(root / "checkpoints"),
-    )
-    curation = root / "curation.yaml"
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(doc_sources.name, SOURCES)
-        for source in SOURCES:
-            run(project, instance, PER_SOURCE, source)
-        run(project, instance, GLOBAL, config={"eval_set": {"config": {"curation_file": str(curation), "size": 10}}})
-        yield project, instance, curation
+from raft_assets_tests.conftest import SOURCES, run_assets
 
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_every_file_loads_with_datasets_and_as_the_reference_loader_reads_it(built):
-    project, _, _ = built
+def test_every_file_loads_with_datasets_and_as_the_reference_loader_reads_it(sample_pipeline):
+    project, _, _ = sample_pipeline
     folder = Path(project.data_dir) / "raft"
     for name in ("raft.jsonl", "raft_train.jsonl", "raft_test.jsonl", "raft_chat.jsonl"):
         loaded = datasets.load_dataset("json", data_files=str(folder / name), split="train")
@@ -80,8 +37,8 @@ def test_every_file_loads_with_datasets_and_as_the_reference_loader_reads_it(bui
         assert f"Question: {question}" in text and text.endswith(f"{record['cot_answer']}<|eot_id|>")
 
 
-def test_splits_keep_documents_apart_and_the_eval_set_never_overlaps_training(built):
-    project, _, _ = built
+def test_splits_keep_documents_apart_and_the_eval_set_never_overlaps_training(sample_pipeline):
+    project, _, _ = sample_pipeline
     folder = Path(project.data_dir)
     train = lines(folder / "raft" / "raft_train.jsonl")
     test = lines(folder / "raft" / "raft_test.jsonl")
@@ -94,8 +51,8 @@ def test_splits_keep_documents_apart_and_the_eval_set_never_overlaps_training(bu
     assert all(set(item) >= {"question", "answer", "doc_id", "source", "id"} for item in evaluation)
 
 
-def test_hard_distractors_are_nearer_to_the_oracle_than_random_ones(built):
-    project, instance, _ = built
+def test_hard_distractors_are_nearer_to_the_oracle_than_random_ones(sample_pipeline):
+    project, instance, _ = sample_pipeline
     folder = Path(project.data_dir)
     index = ChunkIndex.load(folder / "index")
     vector = dict(zip(index.chunk_ids, index.embeddings, strict=True))
@@ -103,7 +60,7 @@ def test_hard_distractors_are_nearer_to_the_oracle_than_random_ones(built):
     chunk_of_text = {without_document_tags(t): c for t, c in chunk_frame.select("text", "chunk_id").iter_rows()}
 
     def mean_similarity(strategy: str) -> float:
-        run(project, instance, [raft_dataset], config={"raft_dataset": {"config": {"distractors": strategy}}})
+        run_assets(project, instance, [raft_dataset], config={"raft_dataset": {"config": {"distractors": strategy}}})
         similarities = [
             float(np.dot(vector[record["chunk_id"]], vector[chunk_of_text[text]]))
             for record in lines(folder / "raft" / "raft.jsonl")
@@ -115,16 +72,16 @@ def test_hard_distractors_are_nearer_to_the_oracle_than_random_ones(built):
     assert mean_similarity("hard") > mean_similarity("random") + 0.1
 
 
-def test_curation_survives_regeneration(built):
-    project, instance, curation = built
+def test_curation_survives_regeneration(sample_pipeline):
+    project, instance, curation = sample_pipeline
     path = Path(project.data_dir) / "eval" / "eval_set.json"
     first = json.loads(path.read_text())
     rejected, corrected = first[0]["id"], first[1]["id"]
     curation.write_text(yaml.safe_dump({"reject": [rejected], "corrections": {corrected: "A hand-checked answer."}}))
 
     for source in SOURCES:  # regenerate questions and answers, then the dataset and the eval set
-        run(project, instance, [questions, cot_answers], source)
-    run(
+        run_assets(project, instance, [questions, cot_answers], source)
+    run_assets(
         project,
         instance,
         [raft_dataset, eval_set],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from raft_assets.cli.chat import add_chat_arguments, chat_command
 from raft_assets.cli.run import run_command
 
 
@@ -29,8 +31,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="materialize only this source's partition (repeatable; default: every source in the sources file)",
     )
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="YAML",
+        help="Dagster run config for the assets and resources, e.g. `ops: {fsdp_checkpoint: {config: {max_steps: 20}}}`",
+    )
     run.add_argument("--verbose", action="store_true", help="print Dagster's event log as the run goes")
     run.set_defaults(handler=run_command)
+
+    chat = commands.add_parser(
+        "chat",
+        help="the chatbot: retrieve top-k chunks, answer with the fine-tuned model, show the sources it quoted",
+        description="Ask the fine-tuned model (or an endpoint) with the retrieved chunks, as it was trained.",
+    )
+    add_chat_arguments(chat)
+    chat.set_defaults(handler=chat_command)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -7,8 +7,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -57,7 +59,8 @@ def run_command(args: argparse.Namespace) -> int:
     instance = local_instance()
     started = time.monotonic()
     try:
-        report = materialize(args.select, args.source, instance, verbose=args.verbose)
+        run_config = load_run_config(args.config)
+        report = materialize(args.select, args.source, instance, run_config, verbose=args.verbose)
     except (RunError, SourcesError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
@@ -65,7 +68,29 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def materialize(selection: str, sources: list[str] | None, instance: dg.DagsterInstance, verbose: bool) -> RunReport:
+def load_run_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise RunError(f"cannot read --config {path}: {error}") from None
+    if not isinstance(config, dict) or set(config) - {"ops", "resources"}:
+        raise RunError(f"--config {path} must be a mapping with `ops` and/or `resources`")
+    return config
+
+
+def run_config_for(keys: list[dg.AssetKey], config: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    """The user's run config narrowed to the assets of one run, plus the console log level."""
+    names = {key.to_python_identifier() for key in keys}
+    narrowed = {**config, "ops": {name: ops for name, ops in config.get("ops", {}).items() if name in names}}
+    # Without --verbose the summary below says what failed; Dagster's own log stays quiet.
+    return narrowed if verbose else {**narrowed, "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def materialize(
+    selection: str, sources: list[str] | None, instance: dg.DagsterInstance, config: dict[str, Any], verbose: bool
+) -> RunReport:
     """Run the selected per-source assets partition by partition, then the other selected assets."""
     asset_graph = defs.resolve_asset_graph()
     keys = resolve_selection(selection, asset_graph)
@@ -74,8 +99,6 @@ def materialize(selection: str, sources: list[str] | None, instance: dg.DagsterI
     global_keys = [key for key in ordered if asset_graph.get(key).partitions_def is None]
 
     job = defs.resolve_implicit_global_asset_job_def()
-    # Without --verbose the summary below says what failed; Dagster's own log stays quiet.
-    run_config = {} if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     report = RunReport([], [])
     partition_keys = sync_partitions(instance, ProjectPaths.from_env(), only=sources) if per_source else []
     for partition_key in partition_keys:
@@ -84,7 +107,7 @@ def materialize(selection: str, sources: list[str] | None, instance: dg.DagsterI
             instance=instance,
             partition_key=partition_key,
             asset_selection=per_source,
-            run_config=run_config,
+            run_config=run_config_for(per_source, config, verbose),
             raise_on_error=False,
         )
         add_result(report, result, per_source, partition_key)
@@ -93,7 +116,10 @@ def materialize(selection: str, sources: list[str] | None, instance: dg.DagsterI
     elif global_keys:
         console.print(f"[bold]▶[/bold] {names(global_keys)}")
         result = job.execute_in_process(
-            instance=instance, asset_selection=global_keys, run_config=run_config, raise_on_error=False
+            instance=instance,
+            asset_selection=global_keys,
+            run_config=run_config_for(global_keys, config, verbose),
+            raise_on_error=False,
         )
         add_result(report, result, global_keys, None)
     return report

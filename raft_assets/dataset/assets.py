@@ -17,18 +17,25 @@ from raft_assets.dataset.builder import (
     plan_records,
     write_dataset,
 )
-from raft_assets.dataset.distractors import NotEnoughDocuments, normalized
+from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
 from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, without_document_tags
 from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.generation.parsing import normalized
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.partitions import doc_sources, every_source
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.retrieval.assets import retrieval_index
 from raft_assets.retrieval.index import ChunkIndex
-from raft_assets.storage import markdown_preview, read_all_partitions, table_metadata, write_parquet
+from raft_assets.storage import (
+    markdown_preview,
+    read_all_partitions,
+    table_metadata,
+    write_parquet,
+    write_text_atomically,
+)
 from raft_assets.training.assets import base_model
 from raft_assets.training.base_model import load_tokenizer, read_pointer
 
@@ -248,10 +255,7 @@ def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: Pr
         curation,
     )
     path = Path(paths.data_dir) / "eval" / "eval_set.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomically(path, json.dumps(items, ensure_ascii=False, indent=1))
 
     in_training = sum(normalized(item["question"]) in train_questions for item in items)
     frame = pl.DataFrame(

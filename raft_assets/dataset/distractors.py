@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 
 from raft_assets.dataset.records import Passage
+from raft_assets.generation.parsing import normalized
 
 STRATEGIES = ("random", "hard", "mixed")
 _MIN_ANSWER_CHARS = 12  # shorter answers ("8K") occur everywhere: not a sign that a passage answers
@@ -13,10 +14,6 @@ _MIN_ANSWER_CHARS = 12  # shorter answers ("8K") occur everywhere: not a sign th
 
 class NotEnoughDocuments(ValueError):
     """Fewer other documents than a record needs distractors."""
-
-
-def normalized(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 class DistractorPicker:

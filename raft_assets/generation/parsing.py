@@ -16,7 +16,7 @@ _LIST_MARKER = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _PREAMBLE = re.compile(r"^(?:sure|certainly|okay|of course|here (?:are|is)|below are|i hope)\b", re.IGNORECASE)
-_ANSWER_TAG = re.compile(r"<ANSWER>\s*:")
+ANSWER_TAG_PATTERN = re.compile(r"<ANSWER>\s*:")
 _QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 
 
@@ -40,7 +40,7 @@ def parse_questions(reply: str, limit: int) -> list[str]:
 
 def final_answer(reply: str) -> str | None:
     """The text after the last `<ANSWER>:` tag, or None when there is none (or it is empty)."""
-    tags = list(_ANSWER_TAG.finditer(reply))
+    tags = list(ANSWER_TAG_PATTERN.finditer(reply))
     if not tags:
         return None
     answer = reply[tags[-1].end() :].strip().removesuffix("</ANSWER>").strip()
@@ -57,9 +57,10 @@ def quotes_verified(reply: str, source: str) -> bool:
     Comparison ignores case and runs of whitespace, as models re-flow the lines they copy.
     """
     spans = quoted_spans(reply)
-    haystack = _normalized(source)
-    return bool(spans) and all(span and _normalized(span) in haystack for span in spans)
+    haystack = normalized(source)
+    return bool(spans) and all(span and normalized(span) in haystack for span in spans)
 
 
-def _normalized(text: str) -> str:
+def normalized(text: str) -> str:
+    """Lower case, runs of whitespace as one space: how quotes and answers are compared."""
     return " ".join(text.lower().split())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import (
 )
 
 from raft_assets.hashing import content_hash
+from raft_assets.storage import replace_dir, staging_dir, write_text_atomically
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so that existing builds are rebuilt
@@ -104,7 +104,7 @@ def pointer_file(checkpoint_dir: Path) -> Path:
 
 def write_pointer(model: BaseModel, checkpoint_dir: Path) -> Path:
     path = pointer_file(checkpoint_dir)
-    _write_atomically(path, model.to_json())
+    write_text_atomically(path, model.to_json())
     return path
 
 
@@ -193,7 +193,7 @@ def build_tiny_model(
     texts = list(corpus)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(target, "building")
+    staging = staging_dir(target, "building")
     staging.mkdir()
     try:
         tokenizer = train_tokenizer(texts, vocab_size=vocab_size, context_length=context_length)
@@ -203,7 +203,7 @@ def build_tiny_model(
         )
         recipe = tiny_recipe(texts, seed=seed, vocab_size=vocab_size, context_length=context_length)
         (staging / BUILD_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dataclasses.replace(describe_checkpoint(TINY, target), built=True)
@@ -308,28 +308,3 @@ def _cached_snapshot(name: str) -> Path:
             f"downloaded at run time: download it first (hf download {name} --exclude 'original/*') "
             "or set RAFT_BASE_MODEL to a local path."
         ) from error
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` at `target`, moving any old folder there aside first and then deleting it."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = _sibling(target, "old")
-    target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old)
-
-
-def _sibling(target: Path, purpose: str) -> Path:
-    """A hidden path beside `target` for this process, cleared of what a killed earlier build may have left."""
-    sibling = target.with_name(f".{target.name}.{purpose}-{os.getpid()}")
-    shutil.rmtree(sibling, ignore_errors=True)
-    return sibling
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)

@@ -1,0 +1,160 @@
+"""`raft-assets chat`: the chatbot. Retrieves the top-k chunks, streams the model's answer, shows the sources it quoted.
+
+The model is the newest fine-tuned checkpoint (`<RAFT_CHECKPOINT_DIR>/hf/latest_run`), another checkpoint folder,
+or an OpenAI-compatible endpoint. It is prompted exactly as in fine-tuning (`answering.answer_messages`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+
+from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend, stream_endpoint
+from raft_assets.evaluation.retrieval import RetrievedChunk, Retriever
+from raft_assets.generation.parsing import normalized, quoted_spans
+from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.paths import ProjectPaths
+from raft_assets.retrieval.assets import index_folder
+from raft_assets.training.assets import LATEST_RUN
+from raft_assets.training.base_model import missing_files
+
+EXIT_WORDS = {"exit", "quit"}
+Answerer = Callable[[AnswerRequest], Iterator[str]]
+
+
+class ChatError(Exception):
+    """The chat cannot start: no index, no checkpoint."""
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="a Hugging Face checkpoint folder (default: the newest fine-tuned)",
+    )
+    model.add_argument(
+        "--endpoint", metavar="URL", help="an OpenAI-compatible endpoint instead (key: RAFT_LLM_API_KEY if set)"
+    )
+    parser.add_argument("--model", metavar="NAME", help="the model to ask the endpoint for (with --endpoint)")
+    parser.add_argument("--question", metavar="TEXT", help="answer this question and exit (default: ask on stdin)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="chunks retrieved per question (default 5)")
+    parser.add_argument("--no-retrieval", action="store_true", help="answer without context (no documents)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="longest answer (default 512)")
+    parser.add_argument(
+        "--device", default="auto", help="device of a local checkpoint: auto (a GPU if any), cpu, cuda..."
+    )
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    if args.endpoint and not args.model:
+        return fail("--endpoint needs --model (the name the endpoint serves)")
+    paths = ProjectPaths.from_env()
+    try:
+        retriever = None if args.no_retrieval else Retriever.load(index_folder(paths), paths.data_dir)
+        answerer = endpoint_answerer(args) if args.endpoint else checkpoint_answerer(args, paths)
+    except (ChatError, OSError, ValueError, LookupError) as error:
+        return fail(str(error))
+    if args.question is not None:
+        return 0 if answer(args.question, retriever, args.top_k, answerer) else 1
+    return interactive(retriever, args.top_k, answerer)
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path:
+    """The folder that `<checkpoint_dir>/hf/latest_run` names."""
+    pointer = checkpoint_dir / "hf" / LATEST_RUN
+    if not pointer.is_file():
+        raise ChatError(
+            f"no fine-tuned checkpoint ({pointer} is missing): materialize hf_checkpoint first or pass --checkpoint"
+        )
+    return pointer.parent / pointer.read_text(encoding="utf-8").strip()
+
+
+def checkpoint_answerer(args: argparse.Namespace, paths: ProjectPaths) -> Answerer:
+    folder = args.checkpoint or newest_checkpoint(Path(paths.checkpoint_dir))
+    missing = missing_files(folder) if folder.is_dir() else ["the folder itself"]
+    if missing:
+        raise ChatError(f"{folder} is not a checkpoint to load: missing {', '.join(missing)}")
+    print(f"Loading {folder}...", file=sys.stderr)
+    return TransformersBackend(folder, batch_size=1, max_new_tokens=args.max_new_tokens, device=args.device).stream
+
+
+def endpoint_answerer(args: argparse.Namespace) -> Answerer:
+    llm = LLMResource(base_url=args.endpoint, model=args.model, api_key=os.environ.get("RAFT_LLM_API_KEY") or "EMPTY")
+    return lambda request: stream_endpoint(llm, request, args.max_new_tokens)
+
+
+def interactive(retriever: Retriever | None, top_k: int, answerer: Answerer) -> int:
+    """Questions from stdin until end of input or `exit`."""
+    print("Ask a question (`exit` or Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            question = input("question> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 130
+        if question.lower() in EXIT_WORDS:
+            return 0
+        if question:
+            answer(question, retriever, top_k, answerer)
+
+
+def answer(question: str, retriever: Retriever | None, top_k: int, answerer: Answerer) -> bool:
+    """Stream the answer to the terminal, then its sources; False when the model could not be asked."""
+    chunks = retriever.top_k([question], top_k)[0] if retriever else []
+    pieces = []
+    try:
+        for piece in answerer(AnswerRequest(question, [chunk.text for chunk in chunks])):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    except (openai.APIError, ValueError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return False
+    print()
+    print_sources("".join(pieces), chunks)
+    return True
+
+
+def describe(chunk: RetrievedChunk) -> str:
+    """Title, source and uri of the chunk's document, and the chunk id."""
+    where = ", ".join(part for part in (chunk.source, chunk.uri) if part)
+    return f"{chunk.title or '(untitled)'} ({where}; chunk {chunk.chunk_id[:12]})"
+
+
+def quoting_chunk(span: str, chunks: list[RetrievedChunk]) -> RetrievedChunk | None:
+    """The first (best-ranked) retrieved chunk containing the quote, ignoring case and whitespace."""
+    wanted = normalized(span)
+    return next((chunk for chunk in chunks if wanted and wanted in normalized(chunk.text)), None)
+
+
+def print_sources(answer_text: str, chunks: list[RetrievedChunk]) -> None:
+    print("\nSources")
+    spans = quoted_spans(answer_text)
+    if spans:
+        print("  Quoted:")
+    for span in spans:
+        chunk = quoting_chunk(span, chunks)
+        origin = describe(chunk) if chunk else "not found in the retrieved documents"
+        print(f'    "{shorten(span)}" <- {origin}')
+    print("  Retrieved:" if chunks else "  Retrieved: none (no retrieval)")
+    for rank, chunk in enumerate(chunks, 1):
+        print(f"    {rank}. {describe(chunk)}, score {chunk.score:.3f}")
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""Evaluation: the fine-tuned model against the baselines, with and without retrieved context."""

@@ -1,0 +1,253 @@
+"""Answering questions with a model, as it was trained: the backends behind evaluation and chat.
+
+Every backend asks with the fine-tuning prompt, `chat_messages(question, documents_block(documents).strip())`,
+so a RAFT model sees retrieved documents exactly as in training. A request without documents (the "no
+context" systems) gets the same prompt with an empty context: the model is asked the same way and only the
+documents differ, which is what a with/without-context comparison should measure. Decoding is greedy.
+
+- `TransformersBackend`: a local Hugging Face checkpoint, in process, batched `generate`;
+- `EndpointBackend`: any OpenAI-compatible endpoint (a vLLM server for the checkpoint, the 70B reference)
+  through `ChatClient`, with its retries, concurrency and on-disk reply cache.
+
+`stream_endpoint` and `TransformersBackend.stream` yield one answer piece by piece, for the chatbot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import openai
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
+
+from raft_assets.dataset.records import chat_messages, without_document_tags
+from raft_assets.generation.prompts import Prompt, documents_block, load_prompts
+from raft_assets.resources.llm import ChatClient, LLMResource, RequestFailed, Usage
+from raft_assets.resources.reply_cache import ReplyCache
+
+DEFAULT_MAX_NEW_TOKENS = 512
+STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>")  # Llama 3's end of turn and end of text, when the vocabulary has them
+
+
+@dataclass(frozen=True)
+class AnswerRequest:
+    """A question and the documents to answer it from (none: no context)."""
+
+    question: str
+    documents: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's reply, how long it took (seconds) and why it failed (None when it did not)."""
+
+    text: str
+    seconds: float
+    error: str | None = None
+
+
+class AnswerBackend(Protocol):
+    name: str
+
+    async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:
+        """One answer per request, in the requests' order."""
+        ...
+
+
+def prompt_values(request: AnswerRequest) -> dict[str, str]:
+    """The `raft_chat` prompt's values: the question and the documents in `<DOCUMENT>` tags (tags in them defused)."""
+    documents = [without_document_tags(document) for document in request.documents]
+    return {"question": request.question, "context": documents_block(documents).strip()}
+
+
+def answer_messages(request: AnswerRequest) -> list[dict[str, str]]:
+    """The chat messages of the request: system and user, exactly as in fine-tuning."""
+    values = prompt_values(request)
+    return chat_messages(values["question"], values["context"])
+
+
+def greedy_params(max_new_tokens: int) -> dict[str, Any]:
+    """Sampling parameters of an OpenAI-compatible request: greedy, at most `max_new_tokens`."""
+    return {"temperature": 0.0, "max_tokens": max_new_tokens}
+
+
+def resolve_device(device: str) -> str:
+    """ "auto": the GPU when there is one, else the CPU; anything else as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TransformersBackend:
+    """A Hugging Face checkpoint (safetensors only) in this process, answering in batches with greedy decoding.
+
+    Requests are sorted by prompt length so that each batch pads little, and answered in their original order.
+    `generate` runs in a worker thread, so the event loop stays free. A request is timed as its batch's time
+    divided by the batch size (the batch is computed at once; per-request time is not observable). A prompt
+    that leaves no room for `max_new_tokens` in the model's context is an Answer with an error, not sent.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        batch_size: int = 8,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        device: str = "auto",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.model_path = Path(model_path)
+        self.name = f"transformers:{self.model_path.name}"
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto", use_safetensors=True)
+        self.model.to(self.device).eval()
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+            self.tokenizer.pad_token_id = pad_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self._stop_ids(), pad_token_id=pad_id
+        )
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self._lock = threading.Lock()  # one generate at a time, whoever calls
+
+    def _stop_ids(self) -> list[int]:
+        """The tokenizer's eos, Llama 3's end-of-turn tokens and the checkpoint's own eos ids."""
+        ids = [self.tokenizer.eos_token_id, *(self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS)]
+        configured = self.model.generation_config.eos_token_id
+        ids += configured if isinstance(configured, list) else [configured]
+        unknown = self.tokenizer.unk_token_id
+        return sorted({token for token in ids if token is not None and token != unknown})
+
+    def prompt_ids(self, requests: list[AnswerRequest]) -> list[list[int]]:
+        """Token ids of each request's prompt: the chat template with the assistant's header, as in training."""
+        texts = [
+            self.tokenizer.apply_chat_template(answer_messages(request), tokenize=False, add_generation_prompt=True)
+            for request in requests
+        ]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    def _too_long(self, ids: list[int]) -> str | None:
+        room = (self.context_length or 0) - self.generation_config.max_new_tokens
+        if self.context_length is None or len(ids) <= room:
+            return None
+        return (
+            f"the prompt has {len(ids)} tokens: with {self.generation_config.max_new_tokens} new tokens it does "
+            f"not fit the model's context of {self.context_length}"
+        )
+
+    def generate(self, prompts: list[list[int]]) -> list[str]:
+        """Greedy answers to a batch of prompts (token ids), left-padded; blocking."""
+        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**batch, generation_config=self.generation_config)
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:
+        prompts = self.prompt_ids(requests)
+        answers: list[Answer | None] = [
+            None if (error := self._too_long(ids)) is None else Answer("", 0.0, error) for ids in prompts
+        ]
+        pending = sorted((i for i, answer in enumerate(answers) if answer is None), key=lambda i: -len(prompts[i]))
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            started = time.perf_counter()
+            texts = await asyncio.to_thread(self.generate, [prompts[i] for i in batch])
+            seconds = (time.perf_counter() - started) / len(batch)
+            for i, text in zip(batch, texts, strict=True):
+                answers[i] = Answer(text, seconds)
+        return [answer for answer in answers if answer is not None]
+
+    def stream(self, request: AnswerRequest) -> Iterator[str]:
+        """The answer to one request, piece by piece as it is generated (generate runs in a thread)."""
+        (ids,) = self.prompt_ids([request])
+        if (error := self._too_long(ids)) is not None:
+            raise ValueError(error)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        inputs = torch.tensor([ids], device=self.device)
+        errors: list[BaseException] = []
+        worker = threading.Thread(
+            target=self._generate_streaming, args=(inputs, streamer, errors), name="raft-generate", daemon=True
+        )
+        worker.start()
+        yield from streamer
+        worker.join()
+        if errors:
+            raise errors[0]
+
+    def _generate_streaming(
+        self, inputs: torch.Tensor, streamer: TextIteratorStreamer, errors: list[BaseException]
+    ) -> None:
+        """`generate` into the streamer; an error ends the stream and is kept for `stream` to raise."""
+        try:
+            with self._lock, torch.inference_mode():
+                self.model.generate(
+                    inputs,
+                    attention_mask=torch.ones_like(inputs),
+                    generation_config=self.generation_config,
+                    streamer=streamer,
+                )
+        except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+            errors.append(error)
+            streamer.end()
+
+
+class EndpointBackend:
+    """An OpenAI-compatible endpoint through `ChatClient`: concurrent requests, retries and the reply cache.
+
+    A request that finally fails is an Answer with its error; the other answers of the batch are unaffected.
+    A cached reply takes no time. `usage` holds the last `answer_all`'s token and request accounting.
+    """
+
+    def __init__(
+        self, llm: LLMResource, cache: ReplyCache, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, name: str = ""
+    ) -> None:
+        self.llm = llm
+        self.cache = cache
+        self.name = name or f"endpoint:{llm.model}"
+        self.prompt: Prompt = dataclasses.replace(load_prompts()["raft_chat"], params=greedy_params(max_new_tokens))
+        self.usage = Usage()
+
+    async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:
+        async with self.llm.client(self.cache) as client:
+            answers = await asyncio.gather(*(self._answer(client, request) for request in requests))
+        self.usage = client.usage
+        return list(answers)
+
+    async def _answer(self, client: ChatClient, request: AnswerRequest) -> Answer:
+        started = time.perf_counter()
+        try:
+            reply = await client.reply(self.prompt, prompt_values(request), self.prompt.params)
+        except RequestFailed as error:
+            return Answer("", time.perf_counter() - started, str(error))
+        return Answer(reply.text, time.perf_counter() - started)
+
+
+def stream_endpoint(
+    llm: LLMResource, request: AnswerRequest, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+) -> Iterator[str]:
+    """The answer to one request from the endpoint (the first, with replicas), streamed; not cached.
+
+    Raises openai.APIError when the request finally fails (after the SDK's retries).
+    """
+    client = openai.OpenAI(
+        base_url=llm.endpoints()[0], api_key=llm.api_key, max_retries=llm.max_retries, timeout=llm.timeout_s
+    )
+    with client:
+        stream = client.chat.completions.create(
+            model=llm.model, messages=answer_messages(request), stream=True, **greedy_params(max_new_tokens)
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content

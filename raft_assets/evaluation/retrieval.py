@@ -1,0 +1,110 @@
+"""Retrieval for evaluation and chat: the top-k chunks of the saved index for each question, with their texts.
+
+The questions are embedded with the model the index was built with (recorded in it), in one batch; the texts,
+titles and sources come from the `chunks` and `documents` parquet files of the data folder. Texts have their
+literal `<DOCUMENT>` tags defused, as in the RAFT records, so a retrieved chunk can go straight into a prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from raft_assets.dataset.records import without_document_tags
+from raft_assets.retrieval.embeddings import embed, load_embedder
+from raft_assets.retrieval.index import ChunkIndex
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """A chunk found for a question; `score` is its cosine similarity to the question."""
+
+    chunk_id: str
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    score: float
+    uri: str = ""
+
+
+def _stage_files(data_dir: Path, stage: str) -> list[Path]:
+    return sorted((data_dir / stage).glob("*.parquet"))
+
+
+def read_chunks(data_dir: str | os.PathLike[str]) -> dict[str, RetrievedChunk]:
+    """Every chunk of the data folder by chunk id, with its document's title and uri (score 0).
+
+    Raises FileNotFoundError when no `chunks` file is there.
+    """
+    data_dir = Path(data_dir)
+    chunk_files = _stage_files(data_dir, "chunks")
+    if not chunk_files:
+        raise FileNotFoundError(f"No chunks files in {data_dir / 'chunks'}: materialize 'chunks' first.")
+    frame = pl.concat([pl.read_parquet(path, columns=["chunk_id", "doc_id", "source", "text"]) for path in chunk_files])
+    document_files = _stage_files(data_dir, "documents")
+    if document_files:
+        documents = pl.concat([pl.read_parquet(path, columns=["doc_id", "title", "uri"]) for path in document_files])
+        frame = frame.join(documents.unique("doc_id"), on="doc_id", how="left")
+    else:
+        frame = frame.with_columns(title=pl.lit(None, pl.String), uri=pl.lit(None, pl.String))
+    return {
+        row["chunk_id"]: RetrievedChunk(
+            chunk_id=row["chunk_id"],
+            doc_id=row["doc_id"],
+            source=row["source"],
+            title=row["title"] or "",
+            text=without_document_tags(row["text"]),
+            score=0.0,
+            uri=row["uri"] or "",
+        )
+        for row in frame.iter_rows(named=True)
+    }
+
+
+class Retriever:
+    """The chunk index, its embedding model and the chunks' texts: `top_k` chunks for a batch of questions."""
+
+    def __init__(self, index: ChunkIndex, chunks: dict[str, RetrievedChunk], embedder: SentenceTransformer) -> None:
+        missing = [chunk_id for chunk_id in index.chunk_ids if chunk_id not in chunks]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} chunks of the index (e.g. {missing[0]!r}) are not in the chunks files: "
+                "the index is older than the chunks; materialize 'retrieval_index' again."
+            )
+        self.index = index
+        self.chunks = chunks
+        self.embedder = embedder
+
+    @classmethod
+    def load(
+        cls, index_folder: str | os.PathLike[str], data_dir: str | os.PathLike[str], device: str | None = None
+    ) -> Retriever:
+        """The index saved in `index_folder` (see `ChunkIndex.load`) over the chunks of `data_dir`.
+
+        `device` is the embedding model's ("cpu", "cuda"; None: a GPU when there is one).
+        """
+        index = ChunkIndex.load(index_folder)
+        return cls(index, read_chunks(data_dir), load_embedder(index.model, device))
+
+    def top_k(self, questions: list[str], k: int) -> list[list[RetrievedChunk]]:
+        """The k chunks nearest to each question, nearest first (all of them when the index has fewer)."""
+        if not questions:
+            return []
+        scores, ids = self.index.search(embed(self.embedder, questions), k)
+        return [
+            # strict=False: `search` leaves out the labels FAISS did not fill, never their scores.
+            [self._found(chunk_id, score) for chunk_id, score in zip(row, row_scores, strict=False)]
+            for row, row_scores in zip(ids, scores.tolist(), strict=True)
+        ]
+
+    def _found(self, chunk_id: str, score: float) -> RetrievedChunk:
+        return dataclasses.replace(self.chunks[chunk_id], score=float(score))

@@ -1,0 +1,207 @@
+"""The files of a fine-tuning run, shared by the training script and the Hugging Face conversion.
+
+A run's output folder:
+
+    train_params.yaml          the `TrainParams` of the run
+    metrics.jsonl              one JSON line per optimizer step (rank 0)
+    step_000200/               a torch.distributed.checkpoint (DCP) checkpoint: `.metadata` and
+        .metadata              `__<rank>_0.distcp` shards holding {"model": ..., "optim": ...},
+        __0_0.distcp           and `trainer_state.json` (step, epoch, data position, scheduler)
+        __1_0.distcp
+        trainer_state.json
+    latest                     the name of the newest complete step folder (written last)
+
+The model state holds the Hugging Face parameter names of the trained module (`model.layers.0.mlp.up_proj.weight`,
+`lm_head.weight`; with LoRA the PEFT names, `base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight`,
+and only the trainable LoRA weights), in float32 (the master weights, whatever the compute precision).
+
+Trust: DCP's `.metadata` file is a pickle written by torch itself and read with `pickle.load` by DCP's
+`FileSystemReader`, so only load checkpoint folders this project wrote. The tensor data is read with
+`torch.load(weights_only=True)` by DCP, and nothing here calls `torch.load` otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+PARAMS_FILE = "train_params.yaml"
+METRICS_FILE = "metrics.jsonl"
+LATEST_FILE = "latest"
+STATE_FILE = "trainer_state.json"
+STEP_PREFIX = "step_"
+SCHEDULES = ("cosine", "linear", "constant", "step")
+PRECISIONS = ("auto", "bf16", "fp32")
+METHODS = ("full", "lora")
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+@dataclass
+class TrainParams:
+    """Everything a fine-tuning run depends on; saved as `train_params.yaml` in its output folder."""
+
+    base_model: str
+    train_file: str
+    output_dir: str
+    test_file: str | None = None
+    context_length: int = 4096
+    epochs: int = 1
+    lr: float = 1e-5
+    batch_size: int = 1  # packed blocks per rank per micro-batch
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant | step (StepLR, gamma per epoch, like the reference)
+    step_gamma: float = 0.85
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    seed: int = 42
+    precision: str = "auto"  # auto: bf16 mixed precision on CUDA, fp32 on CPU
+    activation_checkpointing: bool = False
+    attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on CUDA, else sdpa
+    method: str = "full"  # full | lora
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    backend: str = "auto"  # auto: nccl on CUDA, else gloo
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+    save_every_steps: int | None = None  # besides the checkpoint always saved at the end
+    eval_every_steps: int | None = None  # validation loss on test_file, besides the one at the end
+    eval_max_batches: int | None = None  # cap on validation micro-batches per rank
+    use_wandb: bool = False  # log to Weights & Biases (rank 0) when `wandb` is installed
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("method", METHODS),
+            ("backend", BACKENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("context_length", "epochs", "batch_size", "gradient_accumulation", "max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training parameters: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainParams:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> Path:
+        write_atomically(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return Path(path)
+
+
+def load_params(output_dir: Path) -> TrainParams:
+    """The parameters a run was started with."""
+    return TrainParams.load(Path(output_dir) / PARAMS_FILE)
+
+
+def step_folder_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def step_folders(output_dir: Path) -> list[Path]:
+    """The complete-looking step folders, oldest first (a folder is renamed into place only once complete)."""
+    folders = Path(output_dir).glob(f"{STEP_PREFIX}[0-9]*")
+    return sorted(folder for folder in folders if (folder / ".metadata").is_file())
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The step folder that `latest` names, or None before the first complete checkpoint."""
+    pointer = Path(output_dir) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    folder = Path(output_dir) / pointer.read_text(encoding="utf-8").strip()
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(f"{pointer} names {folder.name}, which is not a complete checkpoint")
+    return folder
+
+
+def write_latest(output_dir: Path, folder_name: str) -> None:
+    write_atomically(Path(output_dir) / LATEST_FILE, folder_name + "\n")
+
+
+def read_trainer_state(step_folder: Path) -> dict[str, Any]:
+    return json.loads((Path(step_folder) / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def lora_config(params: TrainParams):
+    """The PEFT LoRA configuration of a run (the conversion wraps the base model with the same one)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=list(params.lora_targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def saved_model_keys(step_folder: Path) -> list[str]:
+    """The parameter names in the model part of a DCP checkpoint (without the leading `model.`)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(str(step_folder)).read_metadata()
+    return sorted(key.removeprefix("model.") for key in metadata.state_dict_metadata if key.startswith("model."))
+
+
+def load_into_model(model: torch.nn.Module, step_folder: Path) -> list[str]:
+    """Load the model state of a DCP checkpoint into an ordinary, unsharded module, in this one process.
+
+    `model` is the base `LlamaForCausalLM` for a full fine-tune, or the base wrapped with
+    `peft.get_peft_model(base, lora_config(params))` for LoRA (whose checkpoint holds only the LoRA weights:
+    the frozen base weights stay as loaded). Uses `dcp.load(..., no_dist=True)`: no process group needed.
+    Tensors are copied into the module's own (converted to its dtype). Returns the loaded names; raises
+    when the checkpoint holds a name the module lacks or a shape that differs.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    saved = saved_model_keys(step_folder)
+    state = model.state_dict()
+    missing = [key for key in saved if key not in state]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} weights of {step_folder} are not in the model (e.g. {missing[:3]}): "
+            "build the model as the run did (base config, and the LoRA wrapping for method: lora)"
+        )
+    wanted = {key: state[key] for key in saved}
+    with warnings.catch_warnings():  # DCP warns that it loads without a process group: that is the point
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load({"model": wanted}, checkpoint_id=str(step_folder), no_dist=True)
+    return saved
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
