@@ -16,7 +16,9 @@ from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.test_answering import build_project
 
-FSDP_SENTENCE = "Fully Sharded Data Parallel shards parameters, gradients and optimizer states across data parallel workers."
+FSDP_SENTENCE = (
+    "Fully Sharded Data Parallel shards parameters, gradients and optimizer states across data parallel workers."
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,9 @@ def quoting_responder(body: dict[str, Any]) -> str:
 
 
 def test_chat_answers_a_question_from_the_newest_checkpoint_and_lists_the_sources(project_root: Path):
-    result = chat(project_root, "--question", "How does FSDP shard parameters?", "--top-k", "3", "--max-new-tokens", "8")
+    result = chat(
+        project_root, "--question", "How does FSDP shard parameters?", "--top-k", "3", "--max-new-tokens", "8"
+    )
     assert result.returncode == 0, result.stderr
     answer, sources = result.stdout.split("\nSources\n")
     assert answer.strip()  # the tiny model's (untrained) answer

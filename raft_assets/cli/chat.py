@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
+from transformers.utils import logging as transformers_logging
 
 from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend, stream_endpoint
 from raft_assets.evaluation.retrieval import RetrievedChunk, Retriever
@@ -55,6 +56,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 def chat_command(args: argparse.Namespace) -> int:
     if args.endpoint and not args.model:
         return fail("--endpoint needs --model (the name the endpoint serves)")
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bars around the conversation
     paths = ProjectPaths.from_env()
     try:
         retriever = None if args.no_retrieval else Retriever.load(index_folder(paths), paths.data_dir)
@@ -144,8 +146,7 @@ def quoting_chunk(span: str, chunks: list[RetrievedChunk]) -> RetrievedChunk | N
 def print_sources(answer_text: str, chunks: list[RetrievedChunk]) -> None:
     print("\nSources")
     spans = quoted_spans(answer_text)
-    if spans:
-        print("  Quoted:")
+    print("  Quoted:" if spans else "  Quoted: nothing")
     for span in spans:
         chunk = quoting_chunk(span, chunks)
         origin = describe(chunk) if chunk else "not found in the retrieved documents"

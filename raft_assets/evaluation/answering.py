@@ -138,12 +138,13 @@ class TransformersBackend:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def _too_long(self, ids: list[int]) -> str | None:
-        room = (self.context_length or 0) - self.generation_config.max_new_tokens
-        if self.context_length is None or len(ids) <= room:
+        """Why the prompt cannot be answered within the model's context, or None when it can."""
+        new_tokens = self.generation_config.max_new_tokens
+        if self.context_length is None or len(ids) + new_tokens <= self.context_length:
             return None
         return (
-            f"the prompt has {len(ids)} tokens: with {self.generation_config.max_new_tokens} new tokens it does "
-            f"not fit the model's context of {self.context_length}"
+            f"the prompt has {len(ids)} tokens: with {new_tokens} new tokens it does not fit the model's "
+            f"context of {self.context_length}"
         )
 
     def generate(self, prompts: list[list[int]]) -> list[str]:

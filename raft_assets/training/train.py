@@ -267,7 +267,10 @@ def train_step(model, optimizer, scheduler, micro_batches, env: Dist, attn, dtyp
     token of the step, on all ranks together (so a rank or micro-batch with more answer tokens weighs more)."""
     batches = [collate(blocks, pad_id) for blocks in micro_batches]
     local_tokens = sum(len(block) for blocks in micro_batches for block in blocks)
-    global_labels, global_tokens = env.all_sum([sum(label_tokens(batch) for batch in batches), local_tokens])
+    local_computed = sum(batch["input_ids"].numel() for batch in batches)  # with the padding
+    global_labels, global_tokens, global_computed = env.all_sum(
+        [sum(label_tokens(batch) for batch in batches), local_tokens, local_computed]
+    )
     step_loss = torch.zeros((), dtype=torch.float64, device=env.device)
     for batch in batches:  # gradients are reduce-scattered after each micro-batch, so they stay sharded
         loss = loss_sum(model, to_device(batch, env.device), attn, dtype)
@@ -287,6 +290,7 @@ def train_step(model, optimizer, scheduler, micro_batches, env: Dist, attn, dtyp
         "loss": total_loss / max(global_labels, 1),
         "lr": lr,
         "tokens": int(global_tokens),
+        "computed_tokens": int(global_computed),
         "label_tokens": int(global_labels),
         "grad_norm": grad_norm,
     }
@@ -395,6 +399,10 @@ class Reporter:
             "best_val_loss": min(val_losses) if val_losses else None,
             "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
             "train_tokens": sum(record.get("tokens", 0) for record in records),
+            # the share of the tokens the model computed that were sample tokens, not padding
+            "packing_efficiency": round(
+                sum(r.get("tokens", 0) for r in records) / max(sum(r.get("computed_tokens", 0) for r in records), 1), 4
+            ),
             **self.facts,
             "output_dir": str(self.output_dir.resolve()),
             "last_checkpoint": str(last_checkpoint.resolve()),
@@ -490,7 +498,7 @@ def _train(params: TrainParams, env: Dist, reporter: Reporter, output_dir: Path)
     if params.max_steps is not None:
         total_steps = min(total_steps, params.max_steps)
     reporter.facts = {
-        "packing_efficiency": round(train_packing.efficiency, 4),
+        "context_fill": round(train_packing.efficiency, 4),
         "train_samples": train_packing.samples,
         "dropped_samples": train_packing.dropped,
         "train_blocks": len(train_packing.blocks),
