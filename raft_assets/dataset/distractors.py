@@ -9,7 +9,7 @@ from raft_assets.dataset.records import Passage
 from raft_assets.generation.parsing import normalized
 
 STRATEGIES = ("random", "hard", "mixed")
-_MIN_ANSWER_CHARS = 12  # shorter answers ("8K") occur everywhere: not a sign that a passage answers
+_MIN_ANSWER_WORDS = 4  # shorter answers ("8K", "FSDP2") occur everywhere: not a sign that a passage answers
 
 
 class NotEnoughDocuments(ValueError):
@@ -39,7 +39,7 @@ class DistractorPicker:
         """(the distractors' positions in `passages`, how many of them are hard ones)."""
         used_docs = {oracle.doc_id}
         chosen: list[int] = []
-        wanted_answer = normalized(answer) if len(answer) >= _MIN_ANSWER_CHARS else ""
+        wanted_answer = normalized(answer) if len(answer.split()) >= _MIN_ANSWER_WORDS else ""
         hard_wanted = {"random": 0, "hard": count, "mixed": (count + 1) // 2}[strategy]
         for chunk_id in self.neighbours.get(oracle.chunk_id, []):
             if len(chosen) == hard_wanted:
@@ -63,23 +63,26 @@ class DistractorPicker:
         return self._normalized[index]
 
     def _random(self, count: int, pool: Sequence[int], used_docs: set[str], wanted_answer: str) -> list[int]:
+        """Uniform draws from the pool; when most of it is ineligible, a scan from a random place instead
+        (the pool is in chunk-hash order, so neighbours in it are unrelated chunks)."""
         chosen: list[int] = []
-        for _ in range(50 * count):  # rejection sampling: cheap while the pool has many documents
+        for _ in range(20 * count):
             if len(chosen) == count:
                 return chosen
-            index = pool[self.rng.randrange(len(pool))]
-            if self._eligible(index, used_docs, wanted_answer):
-                chosen.append(index)
-                used_docs.add(self.passages[index].doc_id)
-        # Few eligible passages left: sample among all of them, or say why it cannot be done.
-        eligible = sorted({i for i in pool if self._eligible(i, used_docs, wanted_answer)})
-        by_doc: dict[str, int] = {}
-        for index in eligible:
-            by_doc.setdefault(self.passages[index].doc_id, index)
-        missing = count - len(chosen)
-        if len(by_doc) < missing:
+            self._take(pool[self.rng.randrange(len(pool))], chosen, used_docs, wanted_answer)
+        start = self.rng.randrange(len(pool))
+        for offset in range(len(pool)):
+            if len(chosen) == count:
+                return chosen
+            self._take(pool[(start + offset) % len(pool)], chosen, used_docs, wanted_answer)
+        if len(chosen) < count:
             raise NotEnoughDocuments(
-                f"a record needs {count} distractors from other documents, but only "
-                f"{len(chosen) + len(by_doc)} other documents are available"
+                f"a record needs {count} distractors from other documents, but only {len(chosen)} "
+                "other documents without the answer are available"
             )
-        return chosen + self.rng.sample(sorted(by_doc.values()), missing)
+        return chosen
+
+    def _take(self, index: int, chosen: list[int], used_docs: set[str], wanted_answer: str) -> None:
+        if self._eligible(index, used_docs, wanted_answer):
+            chosen.append(index)
+            used_docs.add(self.passages[index].doc_id)
