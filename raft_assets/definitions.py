@@ -4,6 +4,7 @@ import dagster as dg
 
 from raft_assets.automation.sensors import doc_sources_sensor, per_source_job
 from raft_assets.dataset.assets import eval_set, raft_dataset
+from raft_assets.evaluation.assets import eval_report
 from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.resources.llm import LLMResource
@@ -24,12 +25,14 @@ defs = dg.Definitions(
         eval_set,
         fsdp_checkpoint,
         hf_checkpoint,
+        eval_report,
     ],
     jobs=[per_source_job],
     sensors=[doc_sources_sensor],
     resources={
         "paths": ProjectPaths.from_env(),
         "llm": LLMResource.from_env("RAFT_LLM"),
+        "judge": LLMResource.from_env("RAFT_JUDGE"),
         "trainer": TrainerResource(),
     },
 )

@@ -21,6 +21,7 @@ def cli_env(tmp_path: Path, sources: Path | None = None, **extra: str) -> dict[s
         **{key: value for key, value in os.environ.items() if not key.startswith("RAFT_")},
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "RAFT_DATA_DIR": str(tmp_path / "generated"),
+        "RAFT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
         "RAFT_SOURCES": str(sources or REPO / "data" / "sources.yaml"),
         "COLUMNS": "200",
         **extra,
@@ -35,7 +36,7 @@ def run_cli(tmp_path: Path, *args: str, sources: Path | None = None, **extra_env
         env=cli_env(tmp_path, sources, **extra_env),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
 
 
@@ -82,7 +83,13 @@ def run_assets(
         selection=selection,
         partition_key=partition,
         instance=instance,
-        resources={"paths": project, "llm": LLMResource(), "trainer": TrainerResource(), **resources},
+        resources={
+            "paths": project,
+            "llm": LLMResource(),
+            "judge": LLMResource(),
+            "trainer": TrainerResource(),
+            **resources,
+        },
         run_config={"ops": config or {}},
     )
     assert result.success

@@ -5,17 +5,22 @@ import os
 import dagster as dg
 import pytest
 
-from raft_assets_tests.conftest import run_cli, write_sources
+from raft_assets_tests.conftest import REPO, run_cli, write_sources
 
 
-def test_run_materializes_both_sample_sources_into_the_dagster_home(tmp_path):
-    result = run_cli(tmp_path)
+def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
+    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU."""
+    result = run_cli(tmp_path, "--config", str(REPO / "data" / "demo_run_config.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
     for source in ("llama_docs", "pytorch_docs"):
-        for asset in ("documents", "chunks"):
+        for asset in ("documents", "chunks", "questions", "cot_answers"):
             assert (tmp_path / "generated" / asset / f"{source}.parquet").is_file()
             assert f"{asset}[{source}]" in result.stdout
-    assert "failed" not in result.stdout
+    assert "failed" not in result.stdout and "skipped" not in result.stdout
+    assert (tmp_path / "generated" / "raft" / "raft_train.jsonl").is_file()
+    assert any((tmp_path / "checkpoints" / "hf").glob("*/model.safetensors"))
+    report = (tmp_path / "generated" / "reports" / "eval_report.md").read_text()
+    assert "| finetuned RAG k=5 |" in report and "| base no context |" in report
 
     os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
     try:
@@ -53,7 +58,7 @@ def test_select_and_source_narrow_the_run(tmp_path):
     [
         (
             ["--select", "nope"],
-            "Known assets: base_model, chunks, cot_answers, documents, eval_set, questions, raft_dataset, retrieval_index",
+            "Known assets: base_model, chunks, cot_answers, documents, eval_report, eval_set, fsdp_checkpoint, hf_checkpoint",
         ),
         (["--source", "nope"], "unknown source nope; sources in"),
         (["--select", "documents++("], "cannot parse --select"),

@@ -15,7 +15,12 @@ from pathlib import Path
 import openai
 from transformers.utils import logging as transformers_logging
 
-from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend, stream_endpoint
+from raft_assets.evaluation.answering import (
+    DEFAULT_MAX_NEW_TOKENS,
+    AnswerRequest,
+    TransformersBackend,
+    stream_endpoint,
+)
 from raft_assets.evaluation.retrieval import RetrievedChunk, Retriever
 from raft_assets.generation.parsing import normalized, quoted_spans
 from raft_assets.resources.llm import LLMResource
@@ -47,13 +52,20 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", metavar="TEXT", help="answer this question and exit (default: ask on stdin)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="chunks retrieved per question (default 5)")
     parser.add_argument("--no-retrieval", action="store_true", help="answer without context (no documents)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="longest answer (default 512)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        metavar="N",
+        help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
     parser.add_argument(
         "--device", default="auto", help="device of a local checkpoint: auto (a GPU if any), cpu, cuda..."
     )
 
 
 def chat_command(args: argparse.Namespace) -> int:
+    """0 when answered, 1 when the model could not be asked, 2 when the chat cannot start."""
     if args.endpoint and not args.model:
         return fail("--endpoint needs --model (the name the endpoint serves)")
     transformers_logging.disable_progress_bar()  # no "Loading weights" bars around the conversation

@@ -1,0 +1,169 @@
+"""The `eval_report` asset: the eval set answered by every system worth comparing, scored and compared."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from raft_assets.dataset.assets import eval_set
+from raft_assets.evaluation.answering import AnswerBackend, AnswerRequest, EndpointBackend, TransformersBackend
+from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answer, parse_judgement, score_question
+from raft_assets.evaluation.report import write_report
+from raft_assets.evaluation.retrieval import Retriever
+from raft_assets.generation.tasks import ask
+from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.paths import ProjectPaths
+from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.retrieval.assets import retrieval_index
+from raft_assets.training.assets import LATEST_RUN, base_model, hf_checkpoint
+from raft_assets.training.base_model import read_pointer
+
+
+class EvalReportConfig(dg.Config):
+    models: list[str] = Field(
+        default=["finetuned", "base"], description="Local models to evaluate: `finetuned` (hf_checkpoint), `base`."
+    )
+    top_k: list[int] = Field(default=[3, 5, 7], description="RAG variants: documents retrieved per question.")
+    without_context: bool = Field(default=True, description="Also answer each question without documents.")
+    reference_endpoint: bool = Field(
+        default=False, description="Also evaluate the `llm` endpoint (the 70B generator), with and without RAG."
+    )
+    max_new_tokens: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    max_questions: int | None = Field(default=None, gt=0)
+    judge_attempts: int = Field(default=3, gt=0, description="Tries for a judge reply that is not YES or NO.")
+
+
+def variants(config: EvalReportConfig) -> list[int | None]:
+    """None: without context; k: with the top k retrieved documents."""
+    return ([None] if config.without_context else []) + sorted(config.top_k)
+
+
+def model_paths(config: EvalReportConfig, paths: ProjectPaths) -> dict[str, Path]:
+    checkpoints = Path(paths.checkpoint_dir)
+    found = {"base": read_pointer(checkpoints).path}
+    latest = checkpoints / "hf" / LATEST_RUN
+    if latest.is_file():
+        found["finetuned"] = checkpoints / "hf" / latest.read_text().strip()
+    missing = [name for name in config.models if name not in found]
+    if missing:
+        raise dg.Failure(f"No {', '.join(missing)} model to evaluate: materialize hf_checkpoint first.")
+    return {name: found[name] for name in config.models}
+
+
+async def answer_system(backend: AnswerBackend, questions: list[str], contexts: list[list[str]], k: int | None):
+    requests = [AnswerRequest(q, [] if k is None else docs[:k]) for q, docs in zip(questions, contexts, strict=True)]
+    return requests, await backend.answer_all(requests)
+
+
+async def judge_all(judge: LLMResource, cache: ReplyCache, items: list[tuple[str, str, str]], attempts: int):
+    """The judge's verdict on each (question, reference, student answer): True, False, or None (it failed)."""
+    async with judge.client(cache) as client:
+        outcomes = await asyncio.gather(
+            *(
+                ask(
+                    client,
+                    JUDGE_PROMPT,
+                    {"question": q, "reference_answer": r, "student_answer": s},
+                    parse_judgement,
+                    attempts,
+                )
+                for q, r, s in items
+            )
+        )
+    return [outcome.value if outcome.status == "ok" else None for outcome in outcomes]
+
+
+@dg.asset(
+    group_name="evaluation", kinds={"python", "markdown"}, deps=[eval_set, hf_checkpoint, base_model, retrieval_index]
+)
+def eval_report(
+    context: dg.AssetExecutionContext,
+    config: EvalReportConfig,
+    paths: ProjectPaths,
+    llm: LLMResource,
+    judge: LLMResource,
+) -> dg.MaterializeResult:
+    """Every configured system on the eval set, with and without retrieved documents; EM, F1, ROUGE, judge."""
+    items = json.loads((Path(paths.data_dir) / "eval" / "eval_set.json").read_text(encoding="utf-8"))
+    items = items[: config.max_questions] if config.max_questions else items
+    if not items:
+        raise dg.Failure("The eval set is empty: nothing to evaluate.")
+    questions = [item["question"] for item in items]
+    references = [item["answer"] for item in items]
+    retrieved = Retriever.load(Path(paths.data_dir) / "index", paths.data_dir).top_k(questions, max(config.top_k))
+    contexts = [[chunk.text for chunk in found] for found in retrieved]
+    cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
+
+    backends: dict[str, AnswerBackend] = {
+        name: TransformersBackend(path, config.batch_size, config.max_new_tokens)
+        for name, path in model_paths(config, paths).items()
+    }
+    if config.reference_endpoint:
+        if not llm.configured:
+            raise dg.Failure("reference_endpoint is set but RAFT_LLM_BASE_URL is not.")
+        backends["reference"] = EndpointBackend(llm, cache, config.max_new_tokens, name=llm.model)
+
+    answers: dict[str, list[dict]] = {}
+    documents_of: dict[str, int | None] = {}  # system -> documents given per question (None: no context)
+    for name, backend in backends.items():
+        for k in variants(config):
+            system = f"{name} {'no context' if k is None else f'RAG k={k}'}"
+            context.log.info(f"answering the eval set: {system}")
+            _, replies = asyncio.run(answer_system(backend, questions, contexts, k))
+            answers[system] = [
+                {"question": q, "reference": r, "answer": reply.text, "error": reply.error, "seconds": reply.seconds}
+                for q, r, reply in zip(questions, references, replies, strict=True)
+            ]
+            documents_of[system] = k
+
+    notes = [f"{len(items)} questions from `eval_set.json`; top-k retrieval with the `retrieval_index`."]
+    verdicts: dict[str, list[bool | None]] = {}
+    if judge.configured:
+        for system, rows in answers.items():
+            triples = [(row["question"], row["reference"], extract_answer(row["answer"])) for row in rows]
+            verdicts[system] = asyncio.run(judge_all(judge, cache, triples, config.judge_attempts))
+        notes.append(f"Judge: `{judge.model}` (YES/NO on matching the reference answer; failures are not scored).")
+    else:
+        notes.append("Judge skipped: no judge endpoint is configured (set RAFT_JUDGE_BASE_URL).")
+    cache.close()
+
+    summaries: dict[str, dict] = {}
+    for system, rows in answers.items():
+        k = documents_of[system]
+        judged = verdicts.get(system, [None] * len(rows))
+        scores = [
+            score_question(
+                row["answer"],
+                row["reference"],
+                contexts[i][:k] if k else [],
+                judgement=judged[i],
+                judge_failed=judge.configured and judged[i] is None,
+            )
+            for i, row in enumerate(rows)
+        ]
+        for row, score in zip(rows, scores, strict=True):
+            row["correct"] = score.judgement if score.judgement is not None else bool(score.exact_match)
+        summaries[system] = {**aggregate(scores), "seconds_per_answer": sum(r["seconds"] for r in rows) / len(rows)}
+
+    headline = "judge_accuracy" if judge.configured else "f1"
+    files = write_report(Path(paths.data_dir) / "reports", summaries, answers, notes, headline)
+    context.log.info(files["markdown"].read_text(encoding="utf-8").split("## Questions")[0])
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(files["markdown"].resolve())),
+            "json": dg.MetadataValue.path(str(files["json"].resolve())),
+            "questions": len(items),
+            "judge": judge.model if judge.configured else "skipped",
+            "comparison": dg.MetadataValue.md(files["markdown"].read_text(encoding="utf-8").split("## Questions")[0]),
+            "scores_plot": dg.MetadataValue.path(str(files["scores_plot"].resolve())),
+            **{
+                f"{system.replace(' ', '_').replace('=', '')}/{metric}": float(value)
+                for system, summary in summaries.items()
+                for metric, value in summary.items()
+                if metric in ("judge_accuracy", "f1", "exact_match", "rouge_l", "refusal_rate") and value is not None
+            },
+        }
+    )

@@ -1,0 +1,62 @@
+"""`eval_report` on the sample pipeline: systems answered, scored, judged by a scripted judge, reported."""
+
+import json
+from pathlib import Path
+
+from raft_assets.evaluation.assets import eval_report
+from raft_assets.resources.llm import LLMResource
+from raft_assets_tests.conftest import run_assets
+from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
+
+
+def verdict(question: str) -> str:
+    """The scripted judge's reply, by the question's length: YES, NO, or a reply that is neither."""
+    return ("I think it might be right, hard to say.", "YES", "NO")[len(question) % 3]
+
+
+def scripted_judge(body: dict) -> str:
+    question = last_user_message(body).removeprefix("Question: ").split("\nTeacher's answer:")[0]
+    return verdict(question)
+
+
+def test_the_report_compares_systems_and_counts_judge_failures(sample_pipeline):
+    project, instance, _ = sample_pipeline
+    config = {
+        "eval_report": {"config": {"models": ["base"], "top_k": [3, 5], "max_new_tokens": 16, "judge_attempts": 2}}
+    }
+    with OpenAITestServer(scripted_judge, models=["judge-model"]) as judge_server:
+        judge = LLMResource(base_url=judge_server.base_url, model="judge-model")
+        result = run_assets(project, instance, [eval_report], config=config, judge=judge)
+        judged_requests = judge_server.stats.completed
+
+    folder = Path(project.data_dir) / "reports"
+    report = json.loads((folder / "eval_report.json").read_text())
+    assert list(report["systems"]) == ["base no context", "base RAG k=3", "base RAG k=5"]
+    questions = len(json.loads((Path(project.data_dir) / "eval" / "eval_set.json").read_text()))
+    for summary in report["systems"].values():
+        assert summary["questions"] == questions
+        assert summary["judged"] + summary["judge_failures"] == questions
+        assert 0 <= summary["f1"] <= 1 and 0 <= summary["refusal_rate"] <= 1
+    assert judged_requests > 0
+    for system, rows in report["answers"].items():  # the garbage verdicts are failures, never a NO
+        garbage = sum(verdict(row["question"]) not in ("YES", "NO") for row in rows)
+        assert report["systems"][system]["judge_failures"] == garbage
+    assert sum(summary["judge_failures"] for summary in report["systems"].values()) > 0
+    assert sum(summary["judged"] for summary in report["systems"].values()) > 0
+    markdown = (folder / "eval_report.md").read_text()
+    assert "| base RAG k=5 |" in markdown and "Judge: `judge-model`" in markdown
+    assert (folder / "scores.png").read_bytes()[:4] == b"\x89PNG" and (folder / "refusals.png").is_file()
+    metadata = result.asset_materializations_for_node("eval_report")[0].metadata
+    assert metadata["judge"].value == "judge-model"
+    assert "base_RAG_k5/f1" in metadata
+
+
+def test_without_a_judge_the_report_says_it_was_skipped(sample_pipeline):
+    project, instance, _ = sample_pipeline
+    config = {
+        "eval_report": {"config": {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8}}
+    }
+    run_assets(project, instance, [eval_report], config=config)
+    report = json.loads((Path(project.data_dir) / "reports" / "eval_report.json").read_text())
+    assert "Judge skipped" in " ".join(report["notes"])
+    assert all(summary["judged"] == 0 and summary["judge_failures"] == 0 for summary in report["systems"].values())
