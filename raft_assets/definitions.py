@@ -10,6 +10,7 @@ from raft_assets.ingestion.assets import chunks, documents
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.trainer import TrainerResource
+from raft_assets.resources.vllm import VLLMResource
 from raft_assets.retrieval.assets import retrieval_index
 from raft_assets.training.assets import base_model, fsdp_checkpoint, hf_checkpoint
 
@@ -34,5 +35,6 @@ defs = dg.Definitions(
         "llm": LLMResource.from_env("RAFT_LLM"),
         "judge": LLMResource.from_env("RAFT_JUDGE"),
         "trainer": TrainerResource(),
+        "vllm": VLLMResource(),
     },
 )

@@ -77,6 +77,7 @@ def run_assets(
     from raft_assets.definitions import defs
     from raft_assets.resources.llm import LLMResource
     from raft_assets.resources.trainer import TrainerResource
+    from raft_assets.resources.vllm import VLLMResource
 
     result = dg.materialize(
         list(defs.assets),
@@ -88,6 +89,7 @@ def run_assets(
             "llm": LLMResource(),
             "judge": LLMResource(),
             "trainer": TrainerResource(),
+            "vllm": VLLMResource(),
             **resources,
         },
         run_config={"ops": config or {}},

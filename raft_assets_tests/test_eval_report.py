@@ -5,6 +5,7 @@ from pathlib import Path
 
 from raft_assets.evaluation.assets import eval_report
 from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.vllm import VLLMResource
 from raft_assets_tests.conftest import run_assets
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 
@@ -60,3 +61,17 @@ def test_without_a_judge_the_report_says_it_was_skipped(sample_pipeline):
     report = json.loads((Path(project.data_dir) / "reports" / "eval_report.json").read_text())
     assert "Judge skipped" in " ".join(report["notes"])
     assert all(summary["judged"] == 0 and summary["judge_failures"] == 0 for summary in report["systems"].values())
+
+
+def test_local_models_can_be_served_by_vllm(sample_pipeline):
+    """`serve_with_vllm` through the vllm resource (attached to an OpenAI-compatible server standing in)."""
+    project, instance, _ = sample_pipeline
+    config = {"eval_report": {"config": {"models": ["base"], "top_k": [3], "serve_with_vllm": True}}}
+    with OpenAITestServer(lambda body: "Served. <ANSWER>: 8K", models=["raft-base"]) as server:
+        vllm = VLLMResource(attach_url=server.base_url, served_model_name="raft-base")
+        run_assets(project, instance, [eval_report], config=config, vllm=vllm)
+        served = server.stats.completed
+    report = json.loads((Path(project.data_dir) / "reports" / "eval_report.json").read_text())
+    assert list(report["systems"]) == ["base no context", "base RAG k=3"]
+    assert all(row["answer"] == "Served. <ANSWER>: 8K" for rows in report["answers"].values() for row in rows)
+    assert served == 2 * report["systems"]["base RAG k=3"]["questions"]

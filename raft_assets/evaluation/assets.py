@@ -2,6 +2,9 @@
 
 import asyncio
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +19,7 @@ from raft_assets.generation.tasks import ask
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.resources.vllm import VLLMResource
 from raft_assets.retrieval.assets import retrieval_index
 from raft_assets.training.assets import LATEST_RUN, base_model, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
@@ -34,6 +38,9 @@ class EvalReportConfig(dg.Config):
     batch_size: int = Field(default=8, gt=0)
     max_questions: int | None = Field(default=None, gt=0)
     judge_attempts: int = Field(default=3, gt=0, description="Tries for a judge reply that is not YES or NO.")
+    serve_with_vllm: bool = Field(
+        default=False, description="Serve each local model with the `vllm` resource instead of in-process transformers."
+    )
 
 
 def variants(config: EvalReportConfig) -> list[int | None]:
@@ -56,6 +63,19 @@ def model_paths(config: EvalReportConfig, paths: ProjectPaths) -> dict[str, Path
 async def answer_system(backend: AnswerBackend, questions: list[str], contexts: list[list[str]], k: int | None):
     requests = [AnswerRequest(q, [] if k is None else docs[:k]) for q, docs in zip(questions, contexts, strict=True)]
     return requests, await backend.answer_all(requests)
+
+
+@contextmanager
+def local_backend(
+    name: str, path: Path, config: EvalReportConfig, vllm: VLLMResource, cache: ReplyCache, log: logging.Logger
+) -> Iterator[AnswerBackend]:
+    """A local checkpoint, answering in this process, or served by vLLM for the block (one server at a time)."""
+    if not config.serve_with_vllm:
+        yield TransformersBackend(path, config.batch_size, config.max_new_tokens)
+        return
+    with vllm.serve(path, log=log) as served:
+        endpoint = LLMResource(base_url=served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
+        yield EndpointBackend(endpoint, cache, config.max_new_tokens, name=name)
 
 
 async def judge_all(judge: LLMResource, cache: ReplyCache, items: list[tuple[str, str, str]], attempts: int):
@@ -85,6 +105,7 @@ def eval_report(
     paths: ProjectPaths,
     llm: LLMResource,
     judge: LLMResource,
+    vllm: VLLMResource,
 ) -> dg.MaterializeResult:
     """Every configured system on the eval set, with and without retrieved documents; EM, F1, ROUGE, judge."""
     items = json.loads((Path(paths.data_dir) / "eval" / "eval_set.json").read_text(encoding="utf-8"))
@@ -97,18 +118,10 @@ def eval_report(
     contexts = [[chunk.text for chunk in found] for found in retrieved]
     cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
 
-    backends: dict[str, AnswerBackend] = {
-        name: TransformersBackend(path, config.batch_size, config.max_new_tokens)
-        for name, path in model_paths(config, paths).items()
-    }
-    if config.reference_endpoint:
-        if not llm.configured:
-            raise dg.Failure("reference_endpoint is set but RAFT_LLM_BASE_URL is not.")
-        backends["reference"] = EndpointBackend(llm, cache, config.max_new_tokens, name=llm.model)
-
     answers: dict[str, list[dict]] = {}
     documents_of: dict[str, int | None] = {}  # system -> documents given per question (None: no context)
-    for name, backend in backends.items():
+
+    def answer_variants(name: str, backend: AnswerBackend) -> None:
         for k in variants(config):
             system = f"{name} {'no context' if k is None else f'RAG k={k}'}"
             context.log.info(f"answering the eval set: {system}")
@@ -118,6 +131,14 @@ def eval_report(
                 for q, r, reply in zip(questions, references, replies, strict=True)
             ]
             documents_of[system] = k
+
+    for name, path in model_paths(config, paths).items():
+        with local_backend(name, path, config, vllm, cache, context.log) as backend:
+            answer_variants(name, backend)
+    if config.reference_endpoint:
+        if not llm.configured:
+            raise dg.Failure("reference_endpoint is set but RAFT_LLM_BASE_URL is not.")
+        answer_variants("reference", EndpointBackend(llm, cache, config.max_new_tokens, name=llm.model))
 
     notes = [f"{len(items)} questions from `eval_set.json`; top-k retrieval with the `retrieval_index`."]
     verdicts: dict[str, list[bool | None]] = {}
