@@ -21,6 +21,7 @@ from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
 from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, without_document_tags
+from raft_assets.files import write_text_atomically
 from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.generation.parsing import normalized
 from raft_assets.hashing import content_hash
@@ -34,7 +35,6 @@ from raft_assets.storage import (
     read_all_partitions,
     table_metadata,
     write_parquet,
-    write_text_atomically,
 )
 from raft_assets.training.assets import base_model
 from raft_assets.training.base_model import load_tokenizer, read_pointer

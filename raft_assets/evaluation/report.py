@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from raft_assets.storage import write_text_atomically  # noqa: E402
+from raft_assets.files import write_text_atomically  # noqa: E402
 
 COLUMNS = [
     ("judge_accuracy", "judged correct"),

@@ -9,12 +9,13 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from raft_assets.files import write_text_atomically
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks
 from raft_assets.partitions import doc_sources, every_source
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.trainer import TrainerResource
-from raft_assets.storage import read_all_partitions, write_text_atomically
+from raft_assets.storage import read_all_partitions
 from raft_assets.training.base_model import load_tokenizer, read_pointer, resolve_base_model, write_pointer
 from raft_assets.training.checkpoint import TrainParams
 from raft_assets.training.export import export_hf_checkpoint

@@ -27,8 +27,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from raft_assets.files import replace_dir, staging_dir, write_text_atomically
 from raft_assets.hashing import content_hash
-from raft_assets.storage import replace_dir, staging_dir, write_text_atomically
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so that existing builds are rebuilt

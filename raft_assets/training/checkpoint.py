@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from raft_assets.files import write_text_atomically
 
 PARAMS_FILE = "train_params.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -107,7 +108,7 @@ class TrainParams:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> Path:
-        write_atomically(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomically(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
         return Path(path)
 
 
@@ -138,7 +139,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def write_latest(output_dir: Path, folder_name: str) -> None:
-    write_atomically(Path(output_dir) / LATEST_FILE, folder_name + "\n")
+    write_text_atomically(Path(output_dir) / LATEST_FILE, folder_name + "\n")
 
 
 def read_trainer_state(step_folder: Path) -> dict[str, Any]:
@@ -198,10 +199,3 @@ def load_into_model(model: torch.nn.Module, step_folder: Path) -> list[str]:
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load({"model": wanted}, checkpoint_id=str(step_folder), no_dist=True)
     return saved
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from raft_assets.storage import replace_dir, staging_dir
+from raft_assets.files import replace_dir, staging_dir
 from raft_assets.training.checkpoint import TrainParams, latest_checkpoint, load_into_model, load_params, lora_config
 
 VERIFY_TEXT = "What is the context length of Llama 3? Answer with a quote from the documents."

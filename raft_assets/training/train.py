@@ -52,6 +52,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from raft_assets.files import write_text_atomically
 from raft_assets.training.checkpoint import (
     METRICS_FILE,
     PARAMS_FILE,
@@ -62,7 +63,6 @@ from raft_assets.training.checkpoint import (
     read_metrics,
     read_trainer_state,
     step_folder_name,
-    write_atomically,
     write_latest,
 )
 from raft_assets.training.data import IGNORE_INDEX, RankShards, collate, model_inputs, pack, tokenize_file
@@ -331,7 +331,7 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, trainer_state
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(partial))
     dist.barrier()  # every shard is written
     if env.main:
-        write_atomically(partial / STATE_FILE, json.dumps(trainer_state, indent=2) + "\n")
+        write_text_atomically(partial / STATE_FILE, json.dumps(trainer_state, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)  # a complete folder a killed run saved but never pointed at
         partial.rename(final)
         write_latest(output_dir, name)
@@ -383,7 +383,7 @@ class Reporter:
         if not self.main:
             return
         kept = [record for record in read_metrics(self.output_dir) if record["step"] <= step]
-        write_atomically(self.output_dir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in kept))
+        write_text_atomically(self.output_dir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in kept))
 
     def finish(self, last_checkpoint: Path) -> dict[str, Any]:
         if not self.main:
