@@ -41,7 +41,7 @@ class DatasetOptions:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RecordPlan:
     """One record to write: which sample, which passages (in order), and what kind of record."""
 
     sample: int
@@ -87,7 +87,7 @@ def plan_records(
     splits: dict[str, str],
     options: DatasetOptions,
     neighbours: dict[str, list[str]] | None,
-) -> list[Plan]:
+) -> list[RecordPlan]:
     """Every record as indices: for each sample, the oracle with probability p among distractors, and
     with probability refusal_p an extra refusal record without the oracle; then all shuffled."""
     check_corpus_size(passages, options.num_distractors)
@@ -125,13 +125,13 @@ def _plan(
     pool_set: set[int],
     options: DatasetOptions,
     rng: random.Random,
-) -> Plan:
+) -> RecordPlan:
     count = options.num_distractors + (0 if with_oracle else 1)
     distractors, hard = picker.pick(picker.passages[oracle], count, pool, pool_set, options.distractors, sample.answer)
     chosen = distractors + ([oracle] if with_oracle else [])
     rng.shuffle(chosen)
     kind = "random" if hard == 0 else "hard" if hard == count else "mixed"
-    return Plan(index, tuple(chosen), oracle, split, refusal, kind)
+    return RecordPlan(index, tuple(chosen), oracle, split, refusal, kind)
 
 
 def check_corpus_size(passages: list[Passage], num_distractors: int) -> None:
@@ -166,7 +166,7 @@ class PartTokens:
 
 def write_dataset(
     folder: Path,
-    plans: list[Plan],
+    plans: list[RecordPlan],
     samples: list[Sample],
     passages: list[Passage],
     options: DatasetOptions,
@@ -194,7 +194,7 @@ def write_dataset(
 
 
 def _records(
-    plans: list[Plan],
+    plans: list[RecordPlan],
     samples: list[Sample],
     passages: list[Passage],
     options: DatasetOptions,
@@ -242,7 +242,7 @@ def _records(
         yield record
 
 
-def _tally(record: dict[str, Any], plan: Plan, options: DatasetOptions, stats: DatasetStats) -> None:
+def _tally(record: dict[str, Any], plan: RecordPlan, options: DatasetOptions, stats: DatasetStats) -> None:
     stats.records[record["split"]] += 1
     stats.by_source[f"{record['source']}/{record['split']}"] += 1
     stats.oracle_included += record["oracle_included"]
