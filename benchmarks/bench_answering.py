@@ -33,6 +33,8 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend  # noqa: E402
 from raft_assets.ingestion.chunking import split_documents  # noqa: E402
 from raft_assets.ingestion.documents import load_source  # noqa: E402
@@ -124,16 +126,6 @@ def ratios(measurements: list[Measurement]) -> str:
             f"of one request at a time with batch_size 8, {rates[tokens, 16] / rates[tokens, 1]:.2f}x with 16."
         )
     return "\n".join(lines)
-
-
-def record(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (up to the next `## ` heading), or append it."""
-    current = RESULTS.read_text(encoding="utf-8")
-    if HEADING in current:
-        start = current.index(HEADING)
-        end = current.find("\n## ", start + len(HEADING))
-        current = current[:start] + current[end + 1 :] if end != -1 else current[:start]
-    RESULTS.write_text(current.rstrip() + "\n\n" + text + "\n", encoding="utf-8")
 
 
 def main() -> None:

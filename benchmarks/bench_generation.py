@@ -34,6 +34,8 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from raft_assets.generation.progress import StageProgress  # noqa: E402
 from raft_assets.generation.prompts import load_prompts  # noqa: E402
 from raft_assets.generation.tasks import generate_answers, generate_questions  # noqa: E402
@@ -175,17 +177,6 @@ def table(measurements: list[Measurement]) -> str:
             f"| {m.client} | {m.requests:,} | {m.seconds:.2f} | {m.rate:.1f} | {m.share_of_ideal:.1%} | {m.cpu_ms_per_request:.2f} |"
         )
     return "\n".join(lines)
-
-
-def record(text: str) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    heading = "## Generation: requests to an OpenAI-compatible server"
-    current = results.read_text(encoding="utf-8")
-    if heading in current:
-        start = current.index(heading)
-        end = current.find("\n## ", start + len(heading))
-        current = current[:start] + current[end + 1 :] if end != -1 else current[:start]
-    results.write_text(current.rstrip() + "\n\n" + text + "\n", encoding="utf-8")
 
 
 def main() -> None:

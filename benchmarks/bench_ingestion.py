@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -577,22 +578,6 @@ def report(args: argparse.Namespace, corpus: dict[str, int], run: EndToEnd, runs
             "",
         ]
     )
-
-
-def record(section: str, results_file: Path = RESULTS_FILE) -> None:
-    """Replace the section (up to the next `## ` heading) in RESULTS.md, or append it."""
-    text = results_file.read_text(encoding="utf-8") if results_file.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    if SECTION_TITLE in lines:
-        start = lines.index(SECTION_TITLE)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
-    else:
-        lines += ["", *section.rstrip("\n").splitlines()]
-    results_file.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -126,15 +127,6 @@ def report(args: argparse.Namespace, numbers: dict[str, float]) -> str:
             f"{numbers['tokens_per_s']:,.0f} | {numbers['mfu']:.1%} | {numbers['peak_memory_gb']:.1f} GB |",
         ]
     )
-
-
-def record(text: str) -> None:
-    current = RESULTS.read_text(encoding="utf-8")
-    if HEADING in current:
-        start = current.index(HEADING)
-        end = current.find("\n## ", start + len(HEADING))
-        current = current[:start] + (current[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(current.rstrip() + "\n\n" + text + "\n", encoding="utf-8")
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from raft_assets.training.base_model import read_pointer  # noqa: E402
 from raft_assets.training.checkpoint import TrainParams  # noqa: E402
 
@@ -95,13 +97,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.record:
-        results = REPO / "benchmarks" / "RESULTS.md"
-        current = results.read_text(encoding="utf-8")
-        if HEADING in current:
-            start = current.index(HEADING)
-            end = current.find("\n## ", start + len(HEADING))
-            current = current[:start] + (current[end + 1 :] if end != -1 else "")
-        results.write_text(current.rstrip() + "\n\n" + text + "\n", encoding="utf-8")
+        record(text)
 
 
 if __name__ == "__main__":
