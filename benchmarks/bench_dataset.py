@@ -43,7 +43,6 @@ import argparse
 import cProfile
 import json
 import os
-import platform
 import pstats
 import random
 import subprocess
@@ -52,12 +51,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bench_ingestion import Vocabulary, heading, make_vocabulary, sentence
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import machine_description, record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -406,23 +404,13 @@ def timed(phases: list[Phase], name: str, work: Callable[[], Any]) -> Any:
 def phases_child(work: Path) -> dict[str, Any]:
     """The asset's steps called one by one, as `raft_dataset` calls them, into a folder of their own."""
     from raft_assets.dataset.assets import RaftDatasetConfig, load_samples
-    from raft_assets.dataset.builder import DatasetOptions, PartTokens, assign_splits, plan_records, write_dataset
+    from raft_assets.dataset.builder import PartTokens, assign_splits, plan_records, write_dataset
     from raft_assets.dataset.lengths import TokenLengths
     from raft_assets.retrieval.index import ChunkIndex
     from raft_assets.training.base_model import load_tokenizer, read_pointer
 
     config = RaftDatasetConfig(**RUN_CONFIG["ops"]["raft_dataset"]["config"])
-    options = DatasetOptions(
-        num_distractors=config.num_distractors,
-        p=config.p,
-        refusal_p=config.refusal_p,
-        refusal_answer=config.refusal_answer,
-        distractors=config.distractors,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        eval_fraction=config.eval_fraction,
-        overlength=config.overlength,
-    )
+    options = config.options()
     paths = project_paths(work)
     sources = json.loads((work / SETUP_FILE).read_text(encoding="utf-8"))["sources"]
     phases: list[Phase] = []
@@ -505,27 +493,6 @@ def count_lines(path: Path) -> int:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def shell(command: list[str]) -> str:
-    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
-
-
-def machine_description() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in KEY_PACKAGES)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return {
-        "date": shell(["date"]),
-        "cpus": f"{shell(['nproc'])} × {model}",
-        "memory": f"{total_kb / 1024**2:.1f} GiB",
-        "load": load,
-        "python": f"Python {platform.python_version()} ({platform.system()} {platform.release()})",
-        "packages": versions,
-    }
 
 
 def pass_fail(ok: bool) -> str:
@@ -640,7 +607,7 @@ def report(
     lines: int,
     phases: ChildRun | None,
 ) -> str:
-    machine = machine_description()
+    machine = machine_description(KEY_PACKAGES)
     command = " ".join(["python benchmarks/bench_dataset.py", *sys.argv[1:]])
     section = [
         SECTION_TITLE,

@@ -32,7 +32,6 @@ import cProfile
 import itertools
 import json
 import os
-import platform
 import pstats
 import random
 import subprocess
@@ -41,12 +40,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import machine_description, record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -460,27 +458,6 @@ def is_linear(runs: list[ScaleRun]) -> bool:
 # --------------------------------------------------------------------------- report
 
 
-def shell(command: list[str]) -> str:
-    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
-
-
-def machine_description() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    versions = ", ".join(f"{name} {metadata.version(name)}" for name in KEY_PACKAGES)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return {
-        "date": shell(["date"]),
-        "cpus": f"{shell(['nproc'])} × {model}",
-        "memory": f"{total_kb / 1024**2:.1f} GiB",
-        "load": load,
-        "python": f"Python {platform.python_version()} ({platform.system()} {platform.release()})",
-        "packages": versions,
-    }
-
-
 def pass_fail(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -544,7 +521,7 @@ def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
 
 
 def report(args: argparse.Namespace, corpus: dict[str, int], run: EndToEnd, runs: list[ScaleRun]) -> str:
-    machine = machine_description()
+    machine = machine_description(KEY_PACKAGES)
     command = " ".join(["python benchmarks/bench_ingestion.py", *sys.argv[1:]])
     mix = ", ".join(f"{corpus[kind]:,} {kind}" for kind in FILE_MIX)
     return "\n".join(

@@ -55,6 +55,20 @@ class RaftDatasetConfig(dg.Config):
     context_length: int | None = Field(default=None, gt=0, description="Default: the base model's context length.")
     overlength: Literal["drop", "truncate"] = "drop"
 
+    def options(self) -> DatasetOptions:
+        """The builder's options (everything but the asset-level settings)."""
+        return DatasetOptions(
+            num_distractors=self.num_distractors,
+            p=self.p,
+            refusal_p=self.refusal_p,
+            refusal_answer=self.refusal_answer,
+            distractors=self.distractors,
+            seed=self.seed,
+            test_fraction=self.test_fraction,
+            eval_fraction=self.eval_fraction,
+            overlength=self.overlength,
+        )
+
 
 class EvalSetConfig(dg.Config):
     size: int = Field(default=100, gt=0)
@@ -133,17 +147,7 @@ def raft_dataset(
     samples, passages = load_samples(paths, sources, config.require_quotes_ok)
     if not samples:
         raise dg.Failure("No answered question to build records from: materialize cot_answers first.")
-    options = DatasetOptions(
-        num_distractors=config.num_distractors,
-        p=config.p,
-        refusal_p=config.refusal_p,
-        refusal_answer=config.refusal_answer,
-        distractors=config.distractors,
-        seed=config.seed,
-        test_fraction=config.test_fraction,
-        eval_fraction=config.eval_fraction,
-        overlength=config.overlength,
-    )
+    options = config.options()
     model = read_pointer(Path(paths.checkpoint_dir))
     lengths = TokenLengths(load_tokenizer(model), config.context_length or model.context_length)
     folder = Path(paths.data_dir) / "raft"
