@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-TEMPLATE = Path(__file__).with_name("instance.yaml")
+TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
 
 def prepare_home() -> Path:
