@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from raft_assets import deployment
 from raft_assets.automation.sensors import doc_sources_sensor, per_source_job
 from raft_assets.dataset.assets import eval_set, raft_dataset
 from raft_assets.evaluation.assets import eval_report
@@ -30,6 +31,7 @@ defs = dg.Definitions(
     ],
     jobs=[per_source_job],
     sensors=[doc_sources_sensor],
+    executor=deployment.executor(),
     resources={
         "paths": ProjectPaths.from_env(),
         "llm": LLMResource.from_env("RAFT_LLM"),

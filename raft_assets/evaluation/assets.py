@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from raft_assets.dataset.assets import eval_set
+from raft_assets.deployment import gpu_op_tags
 from raft_assets.evaluation.answering import AnswerBackend, AnswerRequest, EndpointBackend, TransformersBackend
 from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answer, parse_judgement, score_question
 from raft_assets.evaluation.report import write_report
@@ -97,7 +98,11 @@ async def judge_all(judge: LLMResource, cache: ReplyCache, items: list[tuple[str
 
 
 @dg.asset(
-    group_name="evaluation", kinds={"python", "markdown"}, deps=[eval_set, hf_checkpoint, base_model, retrieval_index]
+    group_name="evaluation",
+    kinds={"python", "markdown"},
+    deps=[eval_set, hf_checkpoint, base_model, retrieval_index],
+    pool="gpu",
+    op_tags=gpu_op_tags("RAFT_K8S_EVAL_GPUS", 1),
 )
 def eval_report(
     context: dg.AssetExecutionContext,

@@ -9,6 +9,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from raft_assets.deployment import gpu_op_tags
 from raft_assets.files import write_text_atomically
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks
@@ -111,7 +112,13 @@ def train_params(config: FineTuneConfig, paths: ProjectPaths) -> TrainParams:
     )
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "torchrun"}, deps=["raft_dataset", base_model], pool="gpu")
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "torchrun"},
+    deps=["raft_dataset", base_model],
+    pool="gpu",
+    op_tags=gpu_op_tags("RAFT_K8S_TRAIN_GPUS", 8),
+)
 def fsdp_checkpoint(
     context: dg.AssetExecutionContext, config: FineTuneConfig, paths: ProjectPaths, trainer: TrainerResource
 ) -> dg.MaterializeResult:
