@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from pathlib import Path
 
 
 def content_hash(*parts: str) -> str:
@@ -13,3 +15,13 @@ def content_hash(*parts: str) -> str:
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
     return digest.hexdigest()
+
+
+def files_fingerprint(root: Path, files: Iterable[Path]) -> str:
+    """A hash of the files' paths (relative to `root`), sizes and modification times: it changes when a file does,
+    without reading any file."""
+    entries = []
+    for path in files:
+        stat = path.lstat()
+        entries.append(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return content_hash(*entries)

@@ -35,9 +35,11 @@ def test_dagster_dev_serves_the_asset_graph(dagster_dev_server):
     assert set(nodes) >= {("documents",), ("chunks",)}
     assert nodes[("documents",)]["isPartitioned"] and nodes[("chunks",)]["groupName"] == "ingestion"
 
-    query = (
-        "{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name sensorState { status } } } } } }"
-    )
+    query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        sensors { name sensorState { status } } schedules { name cronSchedule scheduleState { status } } } } } }"""
     [repository] = dagster_dev_server.graphql(query)["repositoriesOrError"]["nodes"]
-    states = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-    assert states["doc_sources_sensor"] == "RUNNING"
+    sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
+    assert sensors == {name: "RUNNING" for name in ("doc_sources_sensor", "local_folders_sensor", "automation_sensor")}
+    schedules = {schedule["name"]: schedule for schedule in repository["schedules"]}
+    assert schedules["crawl_schedule"]["scheduleState"]["status"] == "RUNNING"
+    assert schedules["crawl_schedule"]["cronSchedule"] == "0 3 * * *"

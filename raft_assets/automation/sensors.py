@@ -1,17 +1,13 @@
-"""The `doc_sources` sensor: partitions follow `data/sources.yaml`; new sources are materialized."""
+"""The sensors: sources added to or removed from the sources file, and changed files in local sources."""
 
 import dagster as dg
 
-from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.ingestion.assets import chunks, documents
+from raft_assets.automation.jobs import crawl_job, per_source_job
+from raft_assets.ingestion.assets import FILES_FINGERPRINT, documents
+from raft_assets.ingestion.local_files import folder_fingerprint
+from raft_assets.ingestion.sources import LocalSource
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
-
-per_source_job = dg.define_asset_job(
-    "per_source_job",
-    selection=dg.AssetSelection.assets(documents, chunks, questions, cot_answers),
-    description="Every per-source asset, for one source.",
-)
 
 
 def partition_changes(existing: list[str], wanted: list[str]) -> tuple[list[str], list[str]]:
@@ -40,3 +36,56 @@ def doc_sources_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths)
             doc_sources.build_delete_request(removed),
         ],
     )
+
+
+def last_ingestion(instance: dg.DagsterInstance, source: str) -> dg.EventLogRecord | None:
+    """The latest `documents` materialization of a source, if any."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=documents.key, asset_partitions=[source]), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def ingested_fingerprint(record: dg.EventLogRecord) -> str | None:
+    materialization = record.asset_materialization
+    value = materialization.metadata.get(FILES_FINGERPRINT) if materialization else None
+    return value.value if value is not None else None
+
+
+@dg.sensor(
+    job=crawl_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reads a local source again when a file in its folder was added, changed or removed.",
+)
+def local_folders_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths) -> dg.SensorResult | dg.SkipReason:
+    """Compares each local folder with the fingerprint recorded by the source's last `documents` materialization.
+
+    A source never materialized is left to `doc_sources_sensor`. The run key names the folder state and the
+    materialization it differs from, so a change is requested once, however many ticks pass before it runs.
+    """
+    partitions = set(context.instance.get_dynamic_partitions(doc_sources.name))
+    requests = []
+    for spec in paths.sources():
+        if not isinstance(spec, LocalSource) or spec.name not in partitions:
+            continue
+        record = last_ingestion(context.instance, spec.name)
+        if record is None:
+            continue
+        fingerprint = folder_fingerprint(spec)
+        if fingerprint != ingested_fingerprint(record):
+            run_key = f"{spec.name}:{fingerprint}:{record.storage_id}"
+            requests.append(dg.RunRequest(run_key=run_key, partition_key=spec.name))
+    if not requests:
+        return dg.SkipReason("No file changed in the local sources since they were last read.")
+    context.log.info(f"files changed in: {', '.join(request.partition_key for request in requests)}")
+    return dg.SensorResult(run_requests=requests)
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Requests the assets whose automation condition is true (see automation/conditions.py).",
+)

@@ -7,9 +7,14 @@ from pydantic import Field
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.chunking import SEPARATORS, split_documents
 from raft_assets.ingestion.documents import load_source
+from raft_assets.ingestion.local_files import folder_fingerprint
+from raft_assets.ingestion.sources import LocalSource
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
+
+# Metadata of a local source's `documents` materialization: the folder as it was read (`folder_fingerprint`).
+FILES_FINGERPRINT = "files_fingerprint"
 
 
 class DocumentsConfig(dg.Config):
@@ -43,6 +48,7 @@ class ChunksConfig(dg.Config):
 def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The text of every file or page of a source; one that cannot be read is a row with its `error`."""
     spec = paths.source(context.partition_key)
+    fingerprint = folder_fingerprint(spec) if isinstance(spec, LocalSource) else None  # before reading: see sensors
     load = load_source(spec)
     frame = load.documents
     path = paths.stage_file("documents", spec.name)
@@ -56,6 +62,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
         metadata={
             **table_metadata(frame, path),
             "kind": spec.kind,
+            **({FILES_FINGERPRINT: fingerprint} if fingerprint else {}),
             "loaded": loaded,
             "failed": failed.height,
             "failure_rate": failure_rate,

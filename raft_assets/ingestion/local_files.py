@@ -9,6 +9,7 @@ from pathlib import Path
 from bs4 import BeautifulSoup
 from pypdf import PdfReader
 
+from raft_assets.hashing import content_hash, files_fingerprint
 from raft_assets.ingestion.html import page_text, page_title
 from raft_assets.ingestion.loaded import DocumentError, LoadedDocument
 from raft_assets.ingestion.sources import LocalSource, SourcesError
@@ -40,6 +41,13 @@ def matching_files(source: LocalSource) -> list[Path]:
         for path in glob(source.include)
         if (path.is_file() or path.is_symlink()) and not excluded.intersection([path, *path.parents])
     )
+
+
+def folder_fingerprint(source: LocalSource) -> str:
+    """A hash of the matching files' names, sizes and modification times: it changes when a file does."""
+    if not source.path.is_dir():
+        return content_hash("missing folder")
+    return files_fingerprint(source.path, matching_files(source))
 
 
 def load_file(path: Path, root: Path, max_bytes: int) -> LoadedDocument:

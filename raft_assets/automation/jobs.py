@@ -1,0 +1,18 @@
+"""The jobs that the schedule and the sensors launch, one source partition per run."""
+
+import dagster as dg
+
+from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.ingestion.assets import chunks, documents
+
+per_source_job = dg.define_asset_job(
+    "per_source_job",
+    selection=dg.AssetSelection.assets(documents, chunks, questions, cot_answers),
+    description="Every per-source asset, for one source (a new source's first run).",
+)
+
+crawl_job = dg.define_asset_job(
+    "crawl_job",
+    selection=dg.AssetSelection.assets(documents),
+    description="Read one source again; the automation refreshes downstream only if its documents changed.",
+)
