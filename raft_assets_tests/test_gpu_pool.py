@@ -1,0 +1,69 @@
+"""Two GPU assets submitted together through a real `dagster dev` never run at the same time (pool `gpu`)."""
+
+import shutil
+import time
+
+from raft_assets_tests.conftest import write_sources
+from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
+
+REPOSITORY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+    name location { name } sensors { id name } } } } }"""
+STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename } }"
+LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run {
+    status startTime endTime stepStats { stepKey status startTime endTime } } } }"""
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> str:
+    selector = {
+        "repositoryLocationName": repository["location"]["name"],
+        "repositoryName": repository["name"],
+        "jobName": "__ASSET_JOB",
+        "assetSelection": [{"path": [asset]}],
+    }
+    params = {"selector": selector, "runConfigData": {"ops": {asset: {"config": config}}}}
+    launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def wait_for(server: DagsterDev, run_ids: list[str], timeout: float = 600) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [server.graphql(RUN, {"id": run_id})["runOrError"] for run_id in run_ids]
+        if all(run["status"] in FINISHED for run in runs):
+            return runs
+        time.sleep(2)
+    raise AssertionError(f"runs not finished after {timeout} s: {[run['status'] for run in runs]}")
+
+
+def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_path):
+    project, _, _ = sample_pipeline
+    data_dir = shutil.copytree(project.data_dir, tmp_path / "generated")
+    checkpoint_dir = shutil.copytree(project.checkpoint_dir, tmp_path / "checkpoints")
+    no_sources = write_sources(tmp_path / "sources.yaml", [])  # the sensors have nothing to add or watch
+    env = dev_env(tmp_path, no_sources, RAFT_DATA_DIR=str(data_dir), RAFT_CHECKPOINT_DIR=str(checkpoint_dir))
+
+    with dagster_dev(env) as server:
+        [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
+        for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
+            server.graphql(STOP_SENSOR, {"id": sensor["id"]})
+        training = launch(server, repository, "fsdp_checkpoint", {"max_steps": 6, "save_every_steps": 6})
+        evaluation = launch(
+            server,
+            repository,
+            "eval_report",
+            {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 4},
+        )
+        runs = wait_for(server, [training, evaluation])
+
+    assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
+    [train_step] = runs[0]["stepStats"]
+    [eval_step] = runs[1]["stepStats"]
+    # The runs themselves were in progress together (the run queue let both start) ...
+    assert max(run["startTime"] for run in runs) < min(run["endTime"] for run in runs)
+    # ... but their GPU steps ran one after the other.
+    first, second = sorted([train_step, eval_step], key=lambda step: step["startTime"])
+    assert first["endTime"] <= second["startTime"], (first, second)
