@@ -1,0 +1,106 @@
+"""The Dagster UI in a browser: headless Chromium (Debian's `chromium`, driven by Playwright) on `dagster dev`.
+
+Set RAFT_UPDATE_SCREENSHOTS=1 to write the lineage graph to docs/images/lineage.png for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from raft_assets.definitions import defs
+from raft_assets_tests.conftest import REPO, run_cli, write_sources
+from raft_assets_tests.dagster_dev import dagster_dev, dev_env
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# No network, no first-run or background work: the browser only talks to the local `dagster dev`.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The UI's "Join the Dagster community" dialog stays away once dismissed in the browser's local storage.
+DISMISS_COMMUNITY_DIALOG = "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
+SCREENSHOT = REPO / "docs" / "images" / "lineage.png"
+TIMEOUT_MS = 60_000  # a busy 2-core machine with other tests in parallel
+
+expect.set_options(timeout=TIMEOUT_MS)
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK), reason="Chromium is not installed (apt-get install chromium); .ci/run installs it"
+)
+
+DOCUMENTS_PARTITIONS = """{ assetNodes(assetKeys: [{path: ["documents"]}]) {
+  assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } } } }"""
+
+
+@pytest.fixture
+def page():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.add_init_script(DISMISS_COMMUNITY_DIALOG)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_ui_shows_the_asset_graph_and_a_materialized_partition(tmp_path, page: Page):
+    sources = write_sources(
+        tmp_path / "sources.yaml", [{"name": "llama_docs", "kind": "local", "path": str(REPO / "data" / "llama_docs")}]
+    )
+    env = dev_env(tmp_path, sources)  # the DAGSTER_HOME (with dagster.yaml) that run_cli uses too
+    result = run_cli(tmp_path, "--select", "documents", "--source", "llama_docs", sources=sources)
+    assert result.returncode == 0, result.stdout + result.stderr
+    asset_names = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
+
+    with dagster_dev(env) as server:
+        [node] = server.graphql(DOCUMENTS_PARTITIONS)["assetNodes"]
+        assert node["assetPartitionStatuses"]["materializedPartitions"] == ["llama_docs"]
+
+        # The global lineage graph, with the navigation and the sidebar out of the way and every group expanded
+        # (the UI fits the graph to the window after each change).
+        page.goto(f"{server.url}/asset-groups")
+        page.get_by_text("Hide navigation", exact=True).click()
+        hide_buttons = page.get_by_role("button").filter(has=page.get_by_label("panel_show_right"))
+        hide_buttons.filter(has_not_text="Hide navigation").click()  # the sidebar's, an icon without text
+        graph = page.locator("svg foreignObject")
+        expect(graph.first).to_be_visible()
+        page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups"
+        for name in asset_names:
+            expect(graph.get_by_text(name, exact=True), f"asset {name} in the graph").to_be_visible()
+        # Its one partition materialized, `documents` is green (zoomed out to fit, nodes are "minimal" boxes).
+        documents_box = graph.get_by_text("documents", exact=True).locator("..")
+        expect(documents_box).to_have_attribute("style", re.compile(r"--minimal-bg: var\(--color-background-green\)"))
+        wait_until_still(documents_box)  # the zoom to fit is animated
+        page.screenshot(path=tmp_path / "lineage.png")
+        if os.environ.get("RAFT_UPDATE_SCREENSHOTS") == "1":
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / "lineage.png", SCREENSHOT)
+
+        page.goto(f"{server.url}/assets/documents?view=partitions")
+        expect(page.get_by_text("Materialized (1)", exact=True)).to_be_visible()
+        expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
+        expect(page.get_by_text("llama_docs", exact=True).first).to_be_visible()
+
+
+def wait_until_still(locator, interval_ms: int = 250) -> None:
+    """Wait until the element stops moving (two equal bounding boxes `interval_ms` apart)."""
+    previous = None
+    for _ in range(TIMEOUT_MS // interval_ms):
+        box = locator.bounding_box()
+        if box is not None and box == previous:
+            return
+        previous = box
+        locator.page.wait_for_timeout(interval_ms)
+    raise AssertionError(f"{locator} kept moving")
