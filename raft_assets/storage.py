@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,25 @@ def read_all_partitions(
     return pl.concat([pl.read_parquet(path, columns=columns) for path in existing], how="vertical")
 
 
-def table_metadata(frame: pl.DataFrame, path: Path) -> dict[str, Any]:
-    """Row count, column schema and the file's path, under Dagster's standard metadata keys."""
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+def column_schema(schema: Mapping[str, Any], descriptions: Mapping[str, str]) -> dg.TableSchema:
+    """A table's columns with their polars types and what they mean, as the Dagster UI shows them."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, str(dtype), description=descriptions.get(name)) for name, dtype in schema.items()]
+    )
+
+
+def file_link(path: Path) -> dict[str, Any]:
+    """Where an asset's file or folder is: a copyable path, and its URI under Dagster's standard key."""
+    resolved = path.resolve()
+    return {"path": dg.MetadataValue.path(str(resolved)), "dagster/uri": resolved.as_uri()}
+
+
+def table_metadata(frame: pl.DataFrame, path: Path, descriptions: Mapping[str, str]) -> dict[str, Any]:
+    """Row count, column schema and the file, under Dagster's standard metadata keys."""
     return {
         "dagster/row_count": frame.height,
-        "dagster/column_schema": schema,
-        "path": dg.MetadataValue.path(str(path.resolve())),
+        "dagster/column_schema": column_schema(frame.schema, descriptions),
+        **file_link(path),
     }
 
 

@@ -31,6 +31,8 @@ from raft_assets.resources.paths import ProjectPaths
 from raft_assets.retrieval.assets import retrieval_index
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.storage import (
+    column_schema,
+    file_link,
     markdown_preview,
     read_all_partitions,
     table_metadata,
@@ -38,6 +40,15 @@ from raft_assets.storage import (
 )
 from raft_assets.training.assets import base_model
 from raft_assets.training.base_model import load_tokenizer, read_pointer
+
+# eval_set.json as a table (each item has more fields; these are the ones a reviewer reads).
+EVAL_SCHEMA = {"id": pl.String, "question": pl.String, "answer": pl.String, "source": pl.String}
+EVAL_COLUMNS = {
+    "id": "The question_id of the generated question it comes from.",
+    "question": "The question, as asked of every evaluated system.",
+    "answer": "The reference answer (curated when the curation file corrects it).",
+    "source": "The source of the question's document: a document never in training.",
+}
 
 
 class RaftDatasetConfig(dg.Config):
@@ -184,7 +195,7 @@ def raft_dataset(
     )
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(folder.resolve())),
+            **file_link(folder),
             "dagster/row_count": written,
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
@@ -226,6 +237,7 @@ def raft_dataset(
 @dg.asset(
     group_name="dataset",
     kinds={"python", "json"},
+    metadata={"dagster/column_schema": column_schema(EVAL_SCHEMA, EVAL_COLUMNS)},
     deps=[raft_dataset, every_source(cot_answers), every_source(documents)],
     check_specs=[
         dg.AssetCheckSpec(
@@ -262,12 +274,10 @@ def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: Pr
     write_text_atomically(path, json.dumps(items, ensure_ascii=False, indent=1))
 
     in_training = sum(normalized(item["question"]) in train_questions for item in items)
-    frame = pl.DataFrame(
-        items, schema={"id": pl.String, "question": pl.String, "answer": pl.String, "source": pl.String}
-    )
+    frame = pl.DataFrame(items, schema=EVAL_SCHEMA)
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(frame, path),
+            **table_metadata(frame, path, EVAL_COLUMNS),
             "candidates": candidates.height,
             "corrected": sum(item["corrected"] for item in items),
             **{f"filtered: {reason}": count for reason, count in sorted(reasons.items())},

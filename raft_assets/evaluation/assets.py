@@ -22,6 +22,7 @@ from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.reply_cache import ReplyCache
 from raft_assets.resources.vllm import VLLMResource
 from raft_assets.retrieval.assets import retrieval_index
+from raft_assets.storage import file_link
 from raft_assets.training.assets import LATEST_RUN, base_model, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
 
@@ -179,7 +180,7 @@ def eval_report(
     context.log.info(files["markdown"].read_text(encoding="utf-8").split("## Questions")[0])
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(files["markdown"].resolve())),
+            **file_link(files["markdown"]),
             "json": dg.MetadataValue.path(str(files["json"].resolve())),
             "questions": len(items),
             "judge": judge.model if judge.configured else "skipped",

@@ -12,14 +12,21 @@ from pydantic import Field
 
 from raft_assets.generation.extractive import ExtractiveBackend
 from raft_assets.generation.progress import StageProgress
-from raft_assets.generation.tasks import Backend, generate_answers, generate_questions
+from raft_assets.generation.tasks import (
+    ANSWER_SCHEMA,
+    GENERATION_COLUMNS,
+    QUESTION_SCHEMA,
+    Backend,
+    generate_answers,
+    generate_questions,
+)
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.reply_cache import ReplyCache
-from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
+from raft_assets.storage import column_schema, markdown_preview, read_parquet, table_metadata, write_parquet
 
 OK_STATUSES = ("ok", "duplicate")  # a duplicate question is a good reply that an earlier chunk also gave
 
@@ -103,7 +110,7 @@ def generation_result(
     statuses = dict(frame.group_by("status").len().iter_rows())
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(frame, path),
+            **table_metadata(frame, path, GENERATION_COLUMNS),
             **run_metadata,
             **{f"status_{status}": count for status, count in sorted(statuses.items())},
             "failure_rate": failure_rate,
@@ -129,6 +136,7 @@ def generation_result(
     group_name="generation",
     kinds={"openai", "parquet"},
     deps=[chunks],
+    metadata={"dagster/column_schema": column_schema(QUESTION_SCHEMA, GENERATION_COLUMNS)},
     check_specs=[failure_rate_check("questions")],
 )
 def questions(
@@ -163,6 +171,7 @@ def questions(
     group_name="generation",
     kinds={"openai", "parquet"},
     deps=[questions],
+    metadata={"dagster/column_schema": column_schema(ANSWER_SCHEMA, GENERATION_COLUMNS)},
     check_specs=[failure_rate_check("cot_answers")],
 )
 def cot_answers(

@@ -40,6 +40,19 @@ ANSWER_SCHEMA = {
     "error": pl.String,
     "attempts": pl.Int32,
 }
+GENERATION_COLUMNS = {
+    "question_id": "Hash of the chunk and the question.",
+    "chunk_id": "The chunk the question is about (its oracle document).",
+    "doc_id": "The document of that chunk.",
+    "question": "The generated question; empty when generation failed.",
+    "model": "The generator that wrote it (`extractive` without an endpoint).",
+    "status": "`ok`, or the kind of failure.",
+    "error": "The failure's reason; empty when ok.",
+    "cot_answer": "Reasoning that quotes the chunk (##begin_quote##...##end_quote##), ending with `<ANSWER>: ...`.",
+    "answer": "The final answer, after `<ANSWER>:`.",
+    "quotes_ok": "Every quote appears verbatim in the chunk.",
+    "attempts": "Requests made for this answer (malformed replies are asked again).",
+}
 
 
 class Backend(Protocol):

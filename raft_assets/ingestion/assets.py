@@ -5,13 +5,13 @@ import polars as pl
 from pydantic import Field
 
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.chunking import SEPARATORS, split_documents
-from raft_assets.ingestion.documents import load_source
+from raft_assets.ingestion.chunking import CHUNK_COLUMNS, CHUNK_SCHEMA, SEPARATORS, split_documents
+from raft_assets.ingestion.documents import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, load_source
 from raft_assets.ingestion.local_files import folder_fingerprint
 from raft_assets.ingestion.sources import LocalSource
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
-from raft_assets.storage import markdown_preview, read_parquet, table_metadata, write_parquet
+from raft_assets.storage import column_schema, markdown_preview, read_parquet, table_metadata, write_parquet
 
 # Metadata of a local source's `documents` materialization: the folder as it was read (`folder_fingerprint`).
 FILES_FINGERPRINT = "files_fingerprint"
@@ -33,6 +33,7 @@ class ChunksConfig(dg.Config):
     partitions_def=doc_sources,
     group_name="ingestion",
     kinds={"python", "parquet"},
+    metadata={"dagster/column_schema": column_schema(DOCUMENT_SCHEMA, DOCUMENT_COLUMNS)},
     check_specs=[
         dg.AssetCheckSpec(
             "has_documents", asset="documents", blocking=True, description="At least one document loaded."
@@ -60,7 +61,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
     context.log.info(f"{spec.name}: {loaded} documents loaded, {failed.height} failed")
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(frame, path),
+            **table_metadata(frame, path, DOCUMENT_COLUMNS),
             "kind": spec.kind,
             **({FILES_FINGERPRINT: fingerprint} if fingerprint else {}),
             "loaded": loaded,
@@ -90,7 +91,13 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
     )
 
 
-@dg.asset(partitions_def=doc_sources, group_name="ingestion", kinds={"python", "parquet"}, deps=[documents])
+@dg.asset(
+    partitions_def=doc_sources,
+    group_name="ingestion",
+    kinds={"python", "parquet"},
+    deps=[documents],
+    metadata={"dagster/column_schema": column_schema(CHUNK_SCHEMA, CHUNK_COLUMNS)},
+)
 def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """Documents split with `RecursiveCharacterTextSplitter`; short and repeated chunks dropped."""
     if config.chunk_overlap >= config.chunk_size:
@@ -108,7 +115,7 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: Proje
     context.log.info(f"{source}: {frame.height} chunks from {frame['doc_id'].n_unique()} documents")
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(frame, path),
+            **table_metadata(frame, path, CHUNK_COLUMNS),
             "documents_chunked": frame["doc_id"].n_unique(),
             "dropped_short": result.dropped_short,
             "dropped_duplicate": result.dropped_duplicate,

@@ -19,6 +19,13 @@ CHUNK_SCHEMA = {
     "position": pl.Int32,
     "text": pl.String,
 }
+CHUNK_COLUMNS = {
+    "chunk_id": "Hash of the chunk's text.",
+    "doc_id": "The document it was cut from.",
+    "source": "The source (partition) of that document.",
+    "position": "Its place among the document's chunks, from 0.",
+    "text": "The chunk: the oracle document of its questions.",
+}
 
 
 @dataclass(frozen=True)

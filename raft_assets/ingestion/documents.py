@@ -21,6 +21,15 @@ DOCUMENT_SCHEMA = {
     "content_hash": pl.String,
     "error": pl.String,
 }
+DOCUMENT_COLUMNS = {
+    "doc_id": "Hash of source and uri: the same document keeps its id across crawls.",
+    "source": "The source (partition) it was read from.",
+    "uri": "Its file path relative to the source folder, or its page URL.",
+    "title": "Its first heading, HTML title or file name.",
+    "text": "Its text, as chunked.",
+    "content_hash": "Hash of the text; empty when the document could not be read.",
+    "error": "Why the document could not be read; empty when it was.",
+}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from raft_assets.retrieval.embeddings import (
 )
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.retrieval.pending import PendingEmbeddings
-from raft_assets.storage import markdown_preview, read_all_partitions
+from raft_assets.storage import file_link, markdown_preview, read_all_partitions
 
 EMBED_SLICE = 1024
 """Chunks embedded between two progress messages and two saves of the pending embeddings."""
@@ -137,7 +137,7 @@ def retrieval_index(
     seconds = time.perf_counter() - started
     context.log.info(f"Indexed {len(index)} chunks ({newly_embedded} embedded, {len(index) - newly_embedded} reused)")
     metadata = {
-        "path": dg.MetadataValue.path(str(folder.resolve())),
+        **file_link(folder),
         "dagster/row_count": len(index),
         "chunks": len(index),
         "documents": frame["doc_id"].n_unique(),

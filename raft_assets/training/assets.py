@@ -16,7 +16,7 @@ from raft_assets.ingestion.assets import chunks
 from raft_assets.partitions import doc_sources, every_source
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.trainer import TrainerResource
-from raft_assets.storage import read_all_partitions
+from raft_assets.storage import file_link, read_all_partitions
 from raft_assets.training.base_model import load_tokenizer, read_pointer, resolve_base_model, write_pointer
 from raft_assets.training.checkpoint import TrainParams
 from raft_assets.training.export import export_hf_checkpoint
@@ -49,7 +49,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths
     )
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(model.path.resolve())),
+            **file_link(model.path),
             "name": model.name,
             "parameters": model.parameters,
             "vocab_size": model.vocab_size,
@@ -136,7 +136,7 @@ def fsdp_checkpoint(
     return dg.MaterializeResult(
         metadata={
             **(result.metadata or {}),
-            "path": dg.MetadataValue.path(str(run_dir)),
+            **file_link(run_dir),
             "run": run_dir.name,
             "resumed": resuming,
             "processes": trainer.processes() * trainer.nnodes,
@@ -158,7 +158,7 @@ def hf_checkpoint(context: dg.AssetExecutionContext, paths: ProjectPaths) -> dg.
     context.log.info(f"Saved {target}; logits of the reloaded model differ by at most {export.max_logit_diff:g}")
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(target.resolve())),
+            **file_link(target),
             "run": run,
             "from_checkpoint": export.step_folder.name,
             "dtype": str(export.dtype).removeprefix("torch."),
