@@ -1,4 +1,4 @@
-"""A loopback web server with scripted routes, for sitemap loading: statuses, redirects, delays."""
+"""A loopback web server with scripted routes, for sitemap loading: statuses, redirects, delays, stalls."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class Route:
     status: int = 200
     content_type: str = "text/html; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
+    delay_s: float = 0.0  # wait this long before answering
+    stall_s: float = 0.0  # send the headers and half the body, then wait this long before the rest
     fail_first: int = 0  # answer 503 to this many requests before serving the route
 
 
@@ -48,7 +49,12 @@ class WebServer:
                     for name, value in route.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(route.body)
+                    half = len(route.body) // 2 if route.stall_s else len(route.body)
+                    self.wfile.write(route.body[:half])
+                    if route.stall_s:
+                        self.wfile.flush()
+                        time.sleep(route.stall_s)
+                    self.wfile.write(route.body[half:])
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout under test)
 

@@ -9,6 +9,8 @@ CHROME_TAGS = ["head", "nav", "header", "script", "style", "noscript", "template
 # Elements that end a line of text even when the HTML has them on one line.
 BLOCK_TAGS = ["p", "div", "section", "article", "h1", "h2", "h3", "h4", "h5", "h6", "li", "dt", "dd", "tr"]
 BLOCK_TAGS += ["pre", "blockquote", "table", "ul", "ol", "br", "hr"]
+# The reason recorded for a page that is all chrome (a file or a fetched page).
+NO_TEXT_IN_PAGE = "no text in the page after removing scripts, styles, navigation and headers"
 
 
 def page_title(soup: BeautifulSoup) -> str:

@@ -19,3 +19,8 @@ class LoadedDocument:
     @classmethod
     def failed(cls, uri: str, error: str) -> LoadedDocument:
         return cls(uri=uri, title="", text="", error=error)
+
+
+def opening(data: bytes, length: int = 40) -> str:
+    """The first `length` bytes of a file or response as a quoted one-line string, to say what it holds."""
+    return repr(" ".join(data[:length].decode("utf-8", "replace").split()))

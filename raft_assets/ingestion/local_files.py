@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +12,8 @@ from bs4 import BeautifulSoup
 from pypdf import PdfReader
 
 from raft_assets.hashing import content_hash, files_fingerprint
-from raft_assets.ingestion.html import page_text, page_title
-from raft_assets.ingestion.loaded import DocumentError, LoadedDocument
+from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
+from raft_assets.ingestion.loaded import DocumentError, LoadedDocument, opening
 from raft_assets.ingestion.sources import LocalSource, SourcesError
 
 _MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -65,10 +67,16 @@ def load_file(path: Path, root: Path, max_bytes: int) -> LoadedDocument:
     except DocumentError as error:
         return LoadedDocument.failed(uri, str(error))
     except OSError as error:
-        return LoadedDocument.failed(uri, f"cannot read file: {error.strerror or error}")
+        return LoadedDocument.failed(uri, f"cannot read file: {error.strerror or error}{_broken_link(path)}")
     if not text.strip():
-        return LoadedDocument.failed(uri, "no text in the file")
+        return LoadedDocument.failed(uri, "no text in the file, only whitespace")
     return LoadedDocument(uri=uri, title=title or path.stem, text=text)
+
+
+def _broken_link(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f" (a broken symbolic link to {os.readlink(path)})"
+    return ""
 
 
 def _decode_text(data: bytes) -> str:
@@ -101,13 +109,14 @@ def _read_html(path: Path) -> tuple[str, str]:
     title = page_title(soup)
     text = page_text(soup)
     if not text:
-        raise DocumentError("no text in the page after removing navigation and headers")
+        raise DocumentError(NO_TEXT_IN_PAGE)
     return title, text
 
 
 def _read_pdf(path: Path) -> tuple[str, str]:
+    data = path.read_bytes()
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise DocumentError("encrypted PDF")
         pages = [page.extract_text() or "" for page in reader.pages]
@@ -115,11 +124,20 @@ def _read_pdf(path: Path) -> tuple[str, str]:
     except (DocumentError, OSError):
         raise
     except Exception as error:  # pypdf raises many exception types on malformed files
-        raise DocumentError(f"not a readable PDF: {type(error).__name__}: {error}") from None
+        raise DocumentError(f"not a readable PDF: {_pdf_damage(data, error)}") from None
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:
         raise DocumentError("PDF has no extractable text (scanned images?)")
     return str(title).strip(), text
+
+
+def _pdf_damage(data: bytes, error: Exception) -> str:
+    """What is wrong with a PDF that pypdf could not read: not a PDF at all, cut short, or damaged inside."""
+    if b"%PDF-" not in data[:1024]:
+        return f"no %PDF- header, so not a PDF at all (it starts with {opening(data)})"
+    if b"%%EOF" not in data[-1024:]:
+        return f"truncated, no %%EOF end marker ({type(error).__name__}: {error})"
+    return f"{type(error).__name__}: {error}"
 
 
 _READERS: dict[str, Callable[[Path], tuple[str, str]]] = {

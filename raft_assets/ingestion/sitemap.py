@@ -7,6 +7,8 @@ turns failures into empty pages, with one that
 - starts at most `requests_per_second` requests per second;
 - retries timeouts, dropped connections, 429 and 5xx a bounded number of times;
 - records why a page failed (HTTP status, content type, timeout) instead of an empty page.
+It also reads the sitemap's own bytes, so that a response that is no sitemap (an HTML page, garbage) is
+recorded with what it starts with.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import aiohttp
 import requests
 from bs4 import BeautifulSoup
 
-from raft_assets.ingestion.html import page_text, page_title
-from raft_assets.ingestion.loaded import LoadedDocument
+from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
+from raft_assets.ingestion.loaded import LoadedDocument, opening
 from raft_assets.ingestion.sources import SitemapSource
 
 USER_AGENT = "raft-assets-sitemap-loader/0.1"
@@ -93,11 +95,13 @@ class PoliteSitemapLoader(SitemapLoader):
     def load_pages(self) -> SitemapLoad:
         sitemap = self.source.sitemap
         try:
-            soup = self._sitemap_soup()
+            data = self._sitemap_bytes()
         except (OSError, requests.RequestException) as error:
             return SitemapLoad([LoadedDocument.failed(sitemap, f"cannot read the sitemap: {error}")])
+        soup = BeautifulSoup(data, "xml")
         if soup.find(["urlset", "sitemapindex"]) is None:
-            return SitemapLoad([LoadedDocument.failed(sitemap, "not a sitemap: no <urlset> or <sitemapindex> element")])
+            reason = f"not a sitemap: no <urlset> or <sitemapindex> element (it starts with {opening(data)})"
+            return SitemapLoad([LoadedDocument.failed(sitemap, reason)])
         listed = list(dict.fromkeys(entry["loc"] for entry in self.parse_sitemap(soup) if "loc" in entry))
         allowed = [url for url in listed if self.host_allowed(url)]
         to_fetch = allowed[: self.source.max_pages]
@@ -112,10 +116,13 @@ class PoliteSitemapLoader(SitemapLoader):
         parsed = urlparse(url)
         return parsed.scheme in ("http", "https") and parsed.netloc in self.source.hosts
 
-    def _sitemap_soup(self) -> BeautifulSoup:
-        if self.source.is_remote:
-            return self.scrape(parser="xml")
-        return BeautifulSoup(Path(self.source.sitemap).read_bytes(), "xml")
+    def _sitemap_bytes(self) -> bytes:
+        """The sitemap as stored: the XML parser reads its encoding from its declaration."""
+        if not self.source.is_remote:
+            return Path(self.source.sitemap).read_bytes()
+        response = self.session.get(self.source.sitemap, **self.requests_kwargs)
+        response.raise_for_status()
+        return response.content
 
     def _document(self, url: str, page: BeautifulSoup) -> LoadedDocument:
         if url in self.page_errors:
@@ -123,7 +130,7 @@ class PoliteSitemapLoader(SitemapLoader):
         title = page_title(page)
         text = page_text(page)
         if not text:
-            return LoadedDocument.failed(url, "no text in the page after removing navigation and headers")
+            return LoadedDocument.failed(url, NO_TEXT_IN_PAGE)
         return LoadedDocument(uri=url, title=title or url, text=text)
 
     async def _fetch_with_rate_limit(self, url: str, semaphore: asyncio.Semaphore) -> str:
