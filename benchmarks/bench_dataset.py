@@ -27,6 +27,12 @@ Measured:
    asset calls): `load_samples`, `assign_splits`, the tokenizer, `ChunkIndex.load`, `nearest_other_documents`,
    `plan_records`, the token counts and `write_dataset`, each with its wall and CPU time and its own peak RSS
    (VmHWM is reset between phases through /proc/self/clear_refs).
+3. The reference design on the same inputs, in a child process of its own: the llama-recipes recipe's assembly
+   (`add_chunk_to_dataset`: 4 distractors drawn uniformly from all other chunks, the oracle always shuffled in, with
+   probability 0.05 an extra refusal record, its `hf` records written as JSON lines), re-implemented here for the
+   comparison, then the fine-tuning loader's 90/10 random row split (seed 42). Its phases timed as in 2, its peak
+   RSS; then, untimed, its leakage: the share of its test rows whose document (and oracle chunk, and question) also
+   appears in its train rows; ours is 0 by construction, and the asset checks it (`no_document_across_splits`).
 
 Run from the repository root (by hand, not in CI; it writes about 6 GB under the temporary folder):
 
@@ -40,12 +46,12 @@ functions (the profiled run is slower and is not recorded); `--no-phases` skips 
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import json
-import os
+import math
 import pstats
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +61,13 @@ from pathlib import Path
 from typing import Any
 
 from bench_ingestion import Vocabulary, heading, make_vocabulary, sentence
-from results import machine_description, record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import (  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+    ChildRun,
+    machine_description,
+    memory_status_mb,
+    record,
+)
+from results import run_child as run_child_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -294,14 +306,6 @@ def generate_inputs(work: Path, chunks: int, docs: int, sources: int, questions_
 # --------------------------------------------------------------------------- children
 
 
-def memory_status_mb(field: str) -> float:
-    """A field of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs); False where not possible."""
     try:
@@ -453,30 +457,167 @@ def phases_child(work: Path) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class ChildRun:
-    wall_s: float  # the child process from start to exit
-    rusage_maxrss_mb: float  # ru_maxrss of the child, from wait4
-    result: dict[str, Any]
+# --------------------------------------------------------------------------- the reference design (child)
+#
+# The llama-recipes RAFT recipe's dataset assembly (`add_chunk_to_dataset` in its raft_utils.py), re-implemented
+# here for the comparison and not imported from it: the algorithm is kept as it is, list scans included.
+
+REFERENCE_DISTRACTORS = 4
+REFERENCE_REFUSAL_P = 0.05
+REFERENCE_REFUSAL = (
+    "Sorry, I don't know the answer to this question because related documents are not found. Please try again."
+)
+REFERENCE_TEST_SIZE = 0.1  # the fine-tuning loader's split: 90/10 random rows, seed 42
+REFERENCE_SPLIT_SEED = 42
+REFERENCE_FILE = "raft_reference.jsonl"
 
 
-def run_child(work: Path, mode: str, profile_top: int = 0) -> ChildRun:
-    """Run this script in `mode` in a fresh interpreter; wall time and rusage come from wait4."""
-    result_file = work / f"{mode}_result.json"
-    log_file = work / f"{mode}.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--work", str(work)]
-    command += ["--profile", str(profile_top)]
+def reference_inputs(work: Path) -> tuple[list[str], list[tuple[str, str, str]], dict[str, str]]:
+    """The reference's inputs from the stages' files: every chunk's text, the (chunk, question, chain of thought)
+    triples with each question asked once (exact string, as its `generate_COT` keeps them), and doc_id by chunk text
+    (for the measurements afterwards, not used by the algorithm)."""
+    import polars as pl
+
+    data_dir = work / "generated"
+    sources = json.loads((work / SETUP_FILE).read_text(encoding="utf-8"))["sources"]
+
+    def stage(name: str) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(data_dir / name / f"{source}.parquet") for source in sources])
+
+    chunks = stage("chunks")
+    answered = stage("questions").join(
+        stage("cot_answers").filter(pl.col("status") == "ok"), on="question_id", maintain_order="left"
+    )
+    texts = chunks["text"].to_list()
+    text_of = dict(zip(chunks["chunk_id"].to_list(), texts, strict=True))
+    triples, asked = [], set()
+    for chunk_id, question, cot in answered.select("chunk_id", "question", "cot_answer").iter_rows():
+        if question.strip() not in asked:
+            asked.add(question.strip())
+            triples.append((text_of[chunk_id], question.strip(), cot))
+    return texts, triples, dict(zip(texts, chunks["doc_id"].to_list(), strict=True))
+
+
+def reference_instruction(docs: list[str], question: str) -> str:
+    return "".join(f"<DOCUMENT>{doc}</DOCUMENT>\n" for doc in docs) + question
+
+
+def reference_records(chunks: list[str], triples: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """The reference's algorithm: for each question its oracle chunk and 4 distractors drawn uniformly from all other
+    chunks (global `random`), shuffled; with probability 0.05 also a refusal record, the oracle swapped for another
+    random chunk. Records in its `hf` format, built in memory first as it does."""
+    records: list[dict[str, Any]] = []
+    for chunk, question, cot in triples:
+        others = list(range(len(chunks)))  # rebuilt and scanned for every question, as in the reference
+        others.remove(chunks.index(chunk))
+        docs = [chunk] + [chunks[j] for j in random.sample(others, REFERENCE_DISTRACTORS)]
+        refusal_docs = docs.copy()
+        random.shuffle(docs)
+        point = {
+            "id": f"seed_task_{len(records)}",
+            "type": "general",
+            "question": question,
+            "context": {"title": [["placeholder_title"] * len(docs)], "sentences": [docs]},
+            "oracle_context": chunk,
+            "cot_answer": cot,
+            "instruction": reference_instruction(docs, question),
+        }
+        refusal_point = copy.deepcopy(point)  # its context keeps the oracle: only the instruction changes
+        records.append(point)
+        if random.uniform(0, 1) <= REFERENCE_REFUSAL_P:
+            refusal_docs[0] = chunks[random.sample(others, 1)[0]]
+            random.shuffle(refusal_docs)
+            refusal_point["id"] = f"refusal_task_{len(records)}"
+            refusal_point["instruction"] = reference_instruction(refusal_docs, question)
+            refusal_point["cot_answer"] = REFERENCE_REFUSAL
+            records.append(refusal_point)
+    return records
+
+
+def write_json_lines(records: list[dict[str, Any]], path: Path) -> int:
+    with path.open("w", encoding="utf-8") as handle:
+        for point in records:
+            handle.write(json.dumps(point) + "\n")
+    return path.stat().st_size
+
+
+def loader_row_split(rows: int) -> tuple[list[int], list[int]]:
+    """(train, test) row numbers as the fine-tuning loader's `train_test_split(test_size=0.1, seed=42)` draws them:
+    a numpy permutation of the rows seeded 42, its first 10% the test rows."""
+    import numpy as np
+
+    permutation = np.random.default_rng(REFERENCE_SPLIT_SEED).permutation(rows).tolist()
+    test_rows = math.ceil(REFERENCE_TEST_SIZE * rows)
+    return permutation[test_rows:], permutation[:test_rows]
+
+
+def leakage(
+    records: list[dict[str, Any]], train: list[int], test: list[int], doc_of: dict[str, str]
+) -> dict[str, float]:
+    """The share of test rows whose document, oracle chunk or exact question also appears in a train row."""
+    keys: dict[str, Callable[[dict[str, Any]], str]] = {
+        "document": lambda point: doc_of[point["oracle_context"]],
+        "oracle chunk": lambda point: point["oracle_context"],
+        "question": lambda point: point["question"],
+    }
+    shares = {}
+    for name, key in keys.items():
+        in_train = {key(records[row]) for row in train}
+        shares[name] = sum(key(records[row]) in in_train for row in test) / len(test)
+    return shares
+
+
+def same_document_distractor_share(records: list[dict[str, Any]], doc_of: dict[str, str]) -> float:
+    """Of the distractors of the non-refusal records, the share cut from the oracle's own document."""
+    same = total = 0
+    for point in records:
+        if point["id"].startswith("seed_task_"):
+            distractors = list(point["context"]["sentences"][0])
+            distractors.remove(point["oracle_context"])
+            oracle_doc = doc_of[point["oracle_context"]]
+            same += sum(doc_of[doc] == oracle_doc for doc in distractors)
+            total += len(distractors)
+    return same / total
+
+
+def reference_child(work: Path, seed: int) -> dict[str, Any]:
+    """The reference design on the benchmark's inputs, timed phase by phase, then measured (not timed)."""
     started = time.perf_counter()
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall_s = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"The {mode} child failed (exit {code}):\n{log_file.read_text()[-5000:]}")
-    if profile_top:
-        print(log_file.read_text())
-    return ChildRun(wall_s, usage.ru_maxrss / 1024, json.loads(result_file.read_text(encoding="utf-8")))
+    import numpy  # noqa: F401  (imported here so that the phases do not pay for it)
+    import polars  # noqa: F401
+
+    import_s = time.perf_counter() - started
+    rss_after_import = memory_status_mb("VmRSS")
+    random.seed(seed)  # the reference never seeds `random`; the benchmark does, to be repeatable
+    phases: list[Phase] = []
+    chunks, triples, doc_of = timed(phases, "read the inputs (parquet to lists)", lambda: reference_inputs(work))
+    records = timed(phases, "assemble the records", lambda: reference_records(chunks, triples))
+    output_bytes = timed(phases, f"write {REFERENCE_FILE}", lambda: write_json_lines(records, work / REFERENCE_FILE))
+    train, test = timed(phases, "row split 90/10 (the fine-tuning loader's)", lambda: loader_row_split(len(records)))
+    peak_rss = max(phase.peak_rss_mb for phase in phases)
+    return {
+        "import_s": import_s,
+        "rss_after_import_mb": rss_after_import,
+        "peak_rss_mb": peak_rss,
+        "phases": [asdict(phase) for phase in phases],
+        "questions": len(triples),
+        "records": len(records),
+        "refusal_records": sum(point["id"].startswith("refusal_task_") for point in records),
+        "output_bytes": output_bytes,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "leakage": leakage(records, train, test, doc_of),
+        "same_document_distractor_share": same_document_distractor_share(records, doc_of),
+    }
+
+
+def run_child(work: Path, mode: str, profile_top: int = 0, seed: int = 0) -> ChildRun:
+    """Run this script in `mode` in a fresh interpreter (see `results.run_child`)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--work", str(work)]
+    command += ["--profile", str(profile_top), "--seed", str(seed)]
+    return run_child_process(
+        command, REPO_ROOT, work / f"{mode}_result.json", work / f"{mode}.log", echo_log=bool(profile_top)
+    )
 
 
 def output_files(folder: Path) -> dict[str, int]:
@@ -566,22 +707,88 @@ def files_table(sizes: dict[str, int], records: int, lines: int) -> str:
     )
 
 
-def phases_table(run: ChildRun) -> str:
+def phase_rows(run: ChildRun) -> list[str]:
+    """A table of the phases a child timed with `timed`."""
     phases = [Phase(**phase) for phase in run.result["phases"]]
-    rows = [
-        f"| {phase.name} | {phase.seconds:.2f} | {phase.cpu_seconds:.2f} | {phase.peak_rss_mb:.0f} "
-        f"| {phase.rss_after_mb:.0f} |"
-        for phase in phases
+    return [
+        "| phase | wall s | CPU s | peak RSS MB during | RSS MB after |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {phase.name} | {phase.seconds:.2f} | {phase.cpu_seconds:.2f} | {phase.peak_rss_mb:.0f} "
+            f"| {phase.rss_after_mb:.0f} |"
+            for phase in phases
+        ),
     ]
+
+
+def phases_table(run: ChildRun) -> str:
     resettable = "" if run.result["peak_resettable"] else " (VmHWM could not be reset: peaks are cumulative)"
     return "\n".join(
         [
-            "| phase | wall s | CPU s | peak RSS MB during | RSS MB after |",
-            "|---|---:|---:|---:|---:|",
-            *rows,
+            *phase_rows(run),
             "",
             f"Child process wall {run.wall_s:.1f} s, peak RSS {run.rusage_maxrss_mb:.0f} MB{resettable}; "
             f"{run.result['records']:,} records of {run.result['plans']:,} plans written.",
+        ]
+    )
+
+
+def reference_table(run: ChildRun, sizes: dict[str, int], reference: ChildRun) -> str:
+    ours, theirs = run.result, reference.result
+    work_s = sum(phase["seconds"] for phase in theirs["phases"])
+    return "\n".join(
+        [
+            "| design | records | work s | total wall s | peak RSS MB | RSS MB after imports | output MB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| ours: `raft_dataset` materialized (hard distractors, split by document, token counts; "
+            f"{len(sizes)} files) | {ours['metadata']['dagster/row_count']:,} | {ours['step_s']:.2f} "
+            f"| {run.wall_s:.2f} | {ours['peak_rss_mb']:.0f} | {ours['rss_after_import_mb']:.0f} "
+            f"| {sum(sizes.values()) / 1e6:,.1f} |",
+            f"| reference design: uniform distractors, one `hf` JSONL, 90/10 row split "
+            f"| {theirs['records']:,} | {work_s:.2f} | {reference.wall_s:.2f} | {theirs['peak_rss_mb']:.0f} "
+            f"| {theirs['rss_after_import_mb']:.0f} | {theirs['output_bytes'] / 1e6:,.1f} |",
+            "",
+            f"Work is the `raft_dataset` step for ours, the sum of the phases below for the reference. Reference / "
+            f"ours: {work_s / ours['step_s']:.2f} in work, {reference.wall_s / run.wall_s:.2f} in total wall (ours "
+            f"includes {ours['import_s']:.1f} s of imports: Dagster, transformers, FAISS), "
+            f"{theirs['peak_rss_mb'] / ours['peak_rss_mb']:.2f} in peak RSS. Ours writes fewer records: the evaluation "
+            "documents' questions are held out of the dataset.",
+            "",
+            *phase_rows(reference),
+        ]
+    )
+
+
+def share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def reference_features(run: ChildRun, reference: ChildRun) -> str:
+    """What the reference design lacks that ours does, with the figures of both runs."""
+    meta, theirs = run.result["metadata"], reference.result
+    leaks = theirs["leakage"]
+    split_check = pass_fail(run.result["checks"].get("no_document_across_splits", False))
+    test_rows = f"{theirs['test_rows']:,} test rows of {theirs['records']:,}"
+    return "\n".join(
+        [
+            "| | ours (`raft_dataset`) | reference design |",
+            "|---|---|---|",
+            f"| distractors | hard: the nearest chunks of other documents (hard_distractor_share "
+            f"{meta['hard_distractor_share']:.3f}) | uniform from all other chunks, none chosen as hard; "
+            f"{share(theirs['same_document_distractor_share'])} of them from the oracle's own document |",
+            f"| oracle in the context | with p 0.8 (oracle_present_share {meta['oracle_present_share']:.3f}) "
+            "| always (refusal records aside) |",
+            f"| refusal records | refusal_share {meta['refusal_share']:.3f} | {theirs['refusal_records']:,} extra "
+            f"records ({share(theirs['refusal_records'] / theirs['questions'])} of the questions) |",
+            f"| train/test split | by document, {meta['eval_documents']:,} more documents held out for evaluation; "
+            f"no test document in train: 0% leakage by construction (check no_document_across_splits {split_check}) "
+            f"| random rows at load time (90/10, seed 42): of its {test_rows}, **{share(leaks['document'])}** "
+            f"share their document with a train row, {share(leaks['oracle chunk'])} their oracle chunk, "
+            f"{share(leaks['question'])} their exact question (a refusal record and its original split apart) |",
+            f"| length check | every record counted with the base model's tokenizer against its context "
+            f"({meta['context_length']:,} tokens: p99 {meta['tokens_p99']:,}, max {meta['tokens_pmax']:,}; "
+            f"{meta['dropped_overlength']:,} dropped as too long) | none: a record too long is found in training |",
+            "| reproducible | seeded | `random` never seeded (seeded here for the benchmark) |",
         ]
     )
 
@@ -605,6 +812,7 @@ def report(
     run: ChildRun,
     sizes: dict[str, int],
     lines: int,
+    reference: ChildRun,
     phases: ChildRun | None,
 ) -> str:
     machine = machine_description(KEY_PACKAGES)
@@ -642,6 +850,27 @@ def report(
         files_table(sizes, run.result["metadata"]["dagster/row_count"], lines),
         "",
     ]
+    section += [
+        "### The reference design, measured in the same run on the same inputs",
+        "",
+        "The llama-recipes recipe's assembly (`add_chunk_to_dataset`), re-implemented in this benchmark for the "
+        "comparison (not imported from the recipe), in a child process of its own: for each answered question "
+        f"(each question once, by exact string) the oracle chunk and {REFERENCE_DISTRACTORS} distractors drawn "
+        "uniformly from all other chunks with Python's `random` (seeded here), shuffled; with probability "
+        f"{REFERENCE_REFUSAL_P} an extra refusal record; the `hf` format (id, type, question, context, oracle_context, "
+        "cot_answer, instruction) built in memory and written as one JSON lines file; then the fine-tuning loader's "
+        "90/10 random row split (numpy permutation, seed 42). Its inputs are read from the same parquet files "
+        "(the recipe holds them in memory: that phase is ours, not the recipe's). Each question rebuilds and "
+        "scans a list of every chunk (`chunks.index`, `list(range(...))`, `remove`), as the recipe does: the "
+        "assembly grows with questions x chunks.",
+        "",
+        reference_table(run, sizes, reference),
+        "",
+        "What the reference design lacks, with the figures of this run:",
+        "",
+        reference_features(run, reference),
+        "",
+    ]
     if phases is not None:
         section += [
             "### Phases (the asset's functions called one by one in a second child process)",
@@ -665,7 +894,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS_FILE.name}")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile the materialization, top N")
     parser.add_argument("--no-phases", action="store_true", help="skip timing the phases in a second child")
-    parser.add_argument("--child", choices=["materialize", "phases"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["materialize", "phases", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.child and not (args.sources <= args.docs < args.chunks):
@@ -677,6 +906,7 @@ def child_main(args: argparse.Namespace) -> None:
     modes: dict[str, Callable[[], dict[str, Any]]] = {
         "materialize": lambda: materialize_child(args.work, args.profile),
         "phases": lambda: phases_child(args.work),
+        "reference": lambda: reference_child(args.work, args.seed),
     }
     outcome = modes[args.child]()
     (args.work / f"{args.child}_result.json").write_text(json.dumps(outcome), encoding="utf-8")
@@ -701,13 +931,17 @@ def main(argv: list[str]) -> None:
         sizes = output_files(folder)
         lines = count_lines(folder / "raft.jsonl")
         print(f"Materialized in {run.wall_s:.1f} s (peak RSS {run.result['peak_rss_mb']:.0f} MB)")
+        for path in folder.glob("*.jsonl"):  # keep the disk footprint to one copy of a dataset
+            path.unlink()
+        print("Running the reference design")
+        reference = run_child(work, "reference", seed=args.seed)
+        (work / REFERENCE_FILE).unlink()
+        print(f"Reference design in {reference.wall_s:.1f} s (peak RSS {reference.result['peak_rss_mb']:.0f} MB)")
         phases = None
         if not args.no_phases:
-            for path in folder.glob("*.jsonl"):  # keep the disk footprint to one copy of the dataset
-                path.unlink()
             print("Timing the phases")
             phases = run_child(work, "phases")
-    section = report(args, inputs, run, sizes, lines, phases)
+    section = report(args, inputs, run, sizes, lines, reference, phases)
     print()
     print(section)
     if args.profile:

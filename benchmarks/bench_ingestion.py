@@ -8,7 +8,15 @@ What it measures:
    are then materialized for that partition with `dagster.materialize` on a test instance, in a
    fresh child process, so that the process's wall time and peak RSS (VmHWM) are the
    pipeline's own. The documents and chunks step times come from the run's step stats.
-2. Linearity of chunking: `split_documents` (the pure function behind `chunks`) is timed on the
+2. The reference design in the same run: the llama-recipes recipe's loading and chunking
+   (`DirectoryLoader` with `TextLoader`, `RecursiveCharacterTextSplitter` with its settings, its
+   filter of duplicate and short chunks), re-implemented here, on the corpus's markdown and text
+   files, in a child process of its own; and ours on the same files (the folder declared again
+   as a second source, `include: ["**/*.md", "**/*.txt"]`), materialized as in 1. Wall time and
+   peak RSS of both, their ratio, and how many chunk texts the two sides share. HTML is left out:
+   the recipe has no HTML cleaning for a local folder (see the comment above
+   `reference_in_this_process`).
+3. Linearity of chunking: `split_documents` (the pure function behind `chunks`) is timed on the
    loaded documents at scales 1x, 2x, 4x... The larger scales repeat the corpus with new doc ids and
    letters rotated (a Caesar shift), so the splitter does the same work on every copy but every
    chunk is new (no chunk is dropped as a duplicate).
@@ -31,20 +39,24 @@ import argparse
 import cProfile
 import itertools
 import json
-import os
 import pstats
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from results import machine_description, record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import (  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+    ChildRun,
+    machine_description,
+    memory_status_mb,
+    record,
+    run_child,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -53,6 +65,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_TITLE = "## Ingestion: documents + chunks"
 SOURCE_NAME = "bench_corpus"
+TEXT_SOURCE_NAME = "bench_corpus_text"  # the same folder, its markdown and text files only: the reference's file set
+TEXT_FILES = ["**/*.md", "**/*.txt"]
 
 DOC_BYTES = 10_000  # mean size of a generated file
 FILE_MIX = {"md": 0.60, "txt": 0.25, "html": 0.15}
@@ -62,7 +76,15 @@ TARGET_WALL_S = 60.0
 TARGET_RSS_MB = 2048.0
 LINEARITY_TOLERANCE = 1.25  # largest scale's s/MB over the smallest's
 
-KEY_PACKAGES = ["dagster", "polars", "langchain-text-splitters", "beautifulsoup4", "lxml", "pyarrow"]
+KEY_PACKAGES = [
+    "dagster",
+    "polars",
+    "langchain-text-splitters",
+    "langchain-community",
+    "beautifulsoup4",
+    "lxml",
+    "pyarrow",
+]
 
 
 # --------------------------------------------------------------------------- corpus generation
@@ -223,7 +245,13 @@ def generate_corpus(folder: Path, docs: int, seed: int) -> dict[str, int]:
 
 
 def write_sources_file(path: Path, corpus: Path) -> Path:
-    sources = {"sources": [{"name": SOURCE_NAME, "kind": "local", "path": str(corpus)}]}
+    """Two sources on the corpus folder: every file, and its markdown and text files only."""
+    sources = {
+        "sources": [
+            {"name": SOURCE_NAME, "kind": "local", "path": str(corpus)},
+            {"name": TEXT_SOURCE_NAME, "kind": "local", "path": str(corpus), "include": TEXT_FILES},
+        ]
+    }
     path.write_text(yaml.safe_dump(sources), encoding="utf-8")
     return path
 
@@ -231,16 +259,8 @@ def write_sources_file(path: Path, corpus: Path) -> Path:
 # --------------------------------------------------------------------------- materialization (child)
 
 
-def memory_status_mb(field: str) -> float:
-    """A field of /proc/self/status (VmRSS, VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def materialize_in_this_process(work: Path, result_file: Path, profile_top: int) -> None:
-    """Materialize `documents` and `chunks` for the benchmark source; write timings as JSON."""
+def materialize_in_this_process(work: Path, source: str, profile_top: int) -> dict[str, Any]:
+    """Materialize `documents` and `chunks` for one source of the benchmark; their timings."""
     started = time.perf_counter()
     import dagster as dg
 
@@ -258,12 +278,12 @@ def materialize_in_this_process(work: Path, result_file: Path, profile_top: int)
     instance_started = time.perf_counter()
     with dg.instance_for_test() as instance:
         instance_s = time.perf_counter() - instance_started
-        instance.add_dynamic_partitions("doc_sources", [SOURCE_NAME])
+        instance.add_dynamic_partitions("doc_sources", [source])
         materialize_started = time.perf_counter()
         if profiler:
             profiler.enable()
         result = dg.materialize(
-            [documents, chunks], partition_key=SOURCE_NAME, instance=instance, resources={"paths": paths}
+            [documents, chunks], partition_key=source, instance=instance, resources={"paths": paths}
         )
         if profiler:
             profiler.disable()
@@ -278,7 +298,7 @@ def materialize_in_this_process(work: Path, result_file: Path, profile_top: int)
     if profiler:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(profile_top)
     docs_meta, chunks_meta = metadata_by_asset["documents"], metadata_by_asset["chunks"]
-    outcome = {
+    return {
         "import_s": import_s,
         "instance_s": instance_s,
         "materialize_s": materialize_s,
@@ -294,7 +314,6 @@ def materialize_in_this_process(work: Path, result_file: Path, profile_top: int)
         "dropped_duplicate": chunks_meta["dropped_duplicate"],
         "mean_chunk_chars": chunks_meta["mean_chunk_chars"],
     }
-    result_file.write_text(json.dumps(outcome), encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -319,22 +338,18 @@ class EndToEnd:
     mean_chunk_chars: float
 
 
-def run_materialization_child(work: Path, docs: int, corpus_bytes: int, profile_top: int) -> EndToEnd:
-    """Run this script with --child in a fresh interpreter; wall time and rusage come from wait4."""
-    result_file = work / "child_result.json"
-    log_file = work / "child.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(work), "--profile", str(profile_top)]
-    started = time.perf_counter()
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall_s = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.exit(f"The materialization failed (exit {process.returncode}):\n{log_file.read_text()[-5000:]}")
-    if profile_top:
-        print(log_file.read_text())
-    child = json.loads(result_file.read_text())
+def run_child_mode(work: Path, mode: str, source: str = SOURCE_NAME, profile_top: int = 0) -> ChildRun:
+    """Run this script in `mode` (materialize, reference) in a fresh interpreter (see `results.run_child`)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--work", str(work)]
+    command += ["--source", source, "--profile", str(profile_top)]
+    name = f"{mode}_{source}"
+    return run_child(command, REPO_ROOT, work / f"{name}_result.json", work / f"{name}.log", bool(profile_top))
+
+
+def run_materialization_child(work: Path, source: str, docs: int, corpus_bytes: int, profile_top: int) -> EndToEnd:
+    """`documents` + `chunks` for `source` materialized in a child process."""
+    run = run_child_mode(work, "materialize", source, profile_top)
+    child = run.result
     return EndToEnd(
         docs=docs,
         corpus_mb=corpus_bytes / 1e6,
@@ -342,11 +357,11 @@ def run_materialization_child(work: Path, docs: int, corpus_bytes: int, profile_
         documents_s=child["documents_s"],
         chunks_s=child["chunks_s"],
         materialize_s=child["materialize_s"],
-        total_wall_s=wall_s,
+        total_wall_s=run.wall_s,
         import_s=child["import_s"],
         instance_s=child["instance_s"],
         peak_rss_mb=child["peak_rss_mb"],
-        rusage_maxrss_mb=usage.ru_maxrss / 1024,
+        rusage_maxrss_mb=run.rusage_maxrss_mb,
         rss_after_import_mb=child["rss_after_import_mb"],
         chunk_count=child["chunk_count"],
         loaded=child["loaded"],
@@ -355,6 +370,77 @@ def run_materialization_child(work: Path, docs: int, corpus_bytes: int, profile_
         dropped_duplicate=child["dropped_duplicate"],
         mean_chunk_chars=child["mean_chunk_chars"],
     )
+
+
+# --------------------------------------------------------------------------- the reference design (child)
+#
+# The llama-recipes RAFT recipe's loading and chunking (`read_file_content` and `get_chunks` in its raft_utils.py),
+# re-implemented here for the comparison. The recipe calls `DirectoryLoader(data_folder)`: every file under the
+# folder, each through `UnstructuredFileLoader`, which needs the `unstructured` package (not installed, and not a
+# dependency of this project). `TextLoader`, the file's text as it is, is the closest faithful loader for markdown
+# and text files. The recipe has no HTML cleaning for a local folder (its `clean_text` serves the sitemap loader
+# only), so both sides are compared on the markdown and text files.
+
+REFERENCE_SEPARATORS = ["----------", "\n\n", "\n", " "]
+REFERENCE_CHUNK_SIZE = 1000
+REFERENCE_MIN_CHARS = 100  # chunks of this many characters or fewer are dropped
+REFERENCE_CHUNKS_FILE = "reference_chunks.json"
+
+
+def reference_in_this_process(work: Path) -> dict[str, Any]:
+    """Load the corpus's markdown and text files and chunk them as the recipe does; timings and peak RSS.
+
+    The chunk texts are written to REFERENCE_CHUNKS_FILE, after the measurement, for the comparison.
+    """
+    started = time.perf_counter()
+    from langchain_community.document_loaders import DirectoryLoader, TextLoader
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    import_s = time.perf_counter() - started
+    rss_after_import = memory_status_mb("VmRSS")
+    load_started = time.perf_counter()
+    docs = DirectoryLoader(str(work / "corpus"), glob=TEXT_FILES, loader_cls=TextLoader).load()
+    split_started = time.perf_counter()
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=REFERENCE_CHUNK_SIZE,
+        chunk_overlap=REFERENCE_CHUNK_SIZE // 10,
+        separators=REFERENCE_SEPARATORS,
+        strip_whitespace=True,
+    )
+    unique: dict[str, bool] = {}  # the recipe's filter: exact duplicates and short chunks dropped, order kept
+    for piece in splitter.split_documents(docs):
+        if piece.page_content not in unique and len(piece.page_content) > REFERENCE_MIN_CHARS:
+            unique[piece.page_content] = True
+    outcome = {
+        "import_s": import_s,
+        "load_s": split_started - load_started,
+        "split_s": time.perf_counter() - split_started,
+        "rss_after_import_mb": rss_after_import,
+        "peak_rss_mb": memory_status_mb("VmHWM"),
+        "loaded": len(docs),
+        "chunk_count": len(unique),
+    }
+    (work / REFERENCE_CHUNKS_FILE).write_text(json.dumps(list(unique)), encoding="utf-8")
+    return outcome
+
+
+@dataclass(frozen=True)
+class ReferenceComparison:
+    ours: EndToEnd  # `documents` + `chunks` materialized for TEXT_SOURCE_NAME
+    reference: ChildRun
+    identical: int  # chunk texts found on both sides
+
+
+def compare_with_reference(work: Path, corpus: dict[str, int]) -> ReferenceComparison:
+    """Ours and the reference on the markdown and text files, each in its own child; their chunk texts compared."""
+    import polars as pl
+
+    text_bytes = sum(path.stat().st_size for pattern in TEXT_FILES for path in (work / "corpus").glob(pattern))
+    ours = run_materialization_child(work, TEXT_SOURCE_NAME, corpus["md"] + corpus["txt"], text_bytes, 0)
+    reference = run_child_mode(work, "reference")
+    our_texts = set(pl.read_parquet(work / "generated" / "chunks" / f"{TEXT_SOURCE_NAME}.parquet")["text"])
+    reference_texts = json.loads((work / REFERENCE_CHUNKS_FILE).read_text(encoding="utf-8"))
+    return ReferenceComparison(ours, reference, sum(text in our_texts for text in reference_texts))
 
 
 # --------------------------------------------------------------------------- chunking linearity
@@ -505,6 +591,34 @@ def linearity_table(runs: list[ScaleRun]) -> str:
     )
 
 
+def reference_table(comparison: ReferenceComparison) -> str:
+    ours, reference = comparison.ours, comparison.reference
+    theirs = reference.result
+    our_work, their_work = ours.documents_s + ours.chunks_s, theirs["load_s"] + theirs["split_s"]
+    return "\n".join(
+        [
+            "| design | files | load s | chunk s | total wall s | peak RSS MB | RSS MB after imports | chunks |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| ours: `documents` + `chunks` materialized | {ours.loaded:,} | {ours.documents_s:.2f} "
+            f"| {ours.chunks_s:.2f} | {ours.total_wall_s:.2f} | {ours.peak_rss_mb:.0f} | {ours.rss_after_import_mb:.0f} "
+            f"| {ours.chunk_count:,} |",
+            f"| reference: `DirectoryLoader` (`TextLoader`) + `RecursiveCharacterTextSplitter` + its filter "
+            f"| {theirs['loaded']:,} | {theirs['load_s']:.2f} | {theirs['split_s']:.2f} | {reference.wall_s:.2f} "
+            f"| {theirs['peak_rss_mb']:.0f} | {theirs['rss_after_import_mb']:.0f} | {theirs['chunk_count']:,} |",
+            "",
+            f"Load and chunk are the two steps' times for ours (parquet written and Dagster's work on each step "
+            f"included), the loader's and the splitter's for the reference. Reference / ours: {their_work / our_work:.2f} in load + chunk time, "
+            f"{reference.wall_s / ours.total_wall_s:.2f} in total wall (ours includes {ours.import_s:.1f} s of "
+            f"imports and {ours.instance_s:.1f} s creating Dagster's test instance), "
+            f"{theirs['peak_rss_mb'] / ours.peak_rss_mb:.2f} in peak RSS.",
+            "",
+            f"Chunk texts: ours {ours.chunk_count:,}, the reference's {theirs['chunk_count']:,}; "
+            f"{comparison.identical:,} identical on both sides: {comparison.identical / theirs['chunk_count']:.1%} "
+            f"of the reference's, {comparison.identical / ours.chunk_count:.1%} of ours.",
+        ]
+    )
+
+
 def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
     ratio = linearity_ratio(runs)
     limit = LINEARITY_TOLERANCE * runs[-1].scale / runs[0].scale
@@ -520,7 +634,13 @@ def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
     )
 
 
-def report(args: argparse.Namespace, corpus: dict[str, int], run: EndToEnd, runs: list[ScaleRun]) -> str:
+def report(
+    args: argparse.Namespace,
+    corpus: dict[str, int],
+    run: EndToEnd,
+    comparison: ReferenceComparison,
+    runs: list[ScaleRun],
+) -> str:
     machine = machine_description(KEY_PACKAGES)
     command = " ".join(["python benchmarks/bench_ingestion.py", *sys.argv[1:]])
     mix = ", ".join(f"{corpus[kind]:,} {kind}" for kind in FILE_MIX)
@@ -540,6 +660,23 @@ def report(args: argparse.Namespace, corpus: dict[str, int], run: EndToEnd, runs
             end_to_end_table(run),
             "",
             end_to_end_notes(run),
+            "",
+            "### The reference design, measured in the same run on the same files",
+            "",
+            "The llama-recipes recipe's loading and chunking, re-implemented in this benchmark and run in a child "
+            f"process of its own: `DirectoryLoader` with glob {TEXT_FILES} and `loader_cls=TextLoader`, then "
+            f"`RecursiveCharacterTextSplitter` (chunk_size {REFERENCE_CHUNK_SIZE}, overlap "
+            f"{REFERENCE_CHUNK_SIZE // 10}, separators {REFERENCE_SEPARATORS!r}), then its filter: exact duplicates "
+            f"and chunks of {REFERENCE_MIN_CHARS} characters or fewer dropped. The recipe calls "
+            "`DirectoryLoader(data_folder)`, whose default loader, `UnstructuredFileLoader`, needs the `unstructured` "
+            "package (not installed, not a dependency here): `TextLoader`, the file's text as it is, is the closest "
+            "faithful loader for markdown and text. The recipe has no HTML cleaning for a local folder (its "
+            f"`clean_text` serves the sitemap loader only), so both sides get the same {comparison.ours.loaded:,} "
+            f"markdown and text files of the corpus ({comparison.ours.corpus_mb:.1f} MB); the HTML files are left "
+            "out. Ours is the same folder declared as a second source with `include` "
+            f"{TEXT_FILES}, materialized like the run above in a child process.",
+            "",
+            reference_table(comparison),
             "",
             "### Chunking linearity (`split_documents`, chunk_size 1000, overlap 100)",
             "",
@@ -565,7 +702,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="timings per chunking scale, best kept (default 1)")
     parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS_FILE.name}")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile the materialization, top N")
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: materialize in this process
+    parser.add_argument("--child", choices=["materialize", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--source", default=SOURCE_NAME, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.scale_list = sorted({int(scale) for scale in args.scales.split(",")})
     if args.scale_list[0] < 1 or args.scale_list[-1] > 26:
@@ -576,7 +715,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.child:
-        materialize_in_this_process(args.child, args.child / "child_result.json", args.profile)
+        if args.child == "materialize":
+            outcome = materialize_in_this_process(args.work, args.source, args.profile)
+        else:
+            outcome = reference_in_this_process(args.work)
+        (args.work / f"{args.child}_{args.source}_result.json").write_text(json.dumps(outcome), encoding="utf-8")
         return
     with tempfile.TemporaryDirectory(prefix="bench_ingestion_") as tmp:
         work = Path(tmp)
@@ -586,10 +729,12 @@ def main(argv: list[str]) -> None:
         print(
             f"Generated {args.docs:,} files, {corpus['bytes'] / 1e6:.1f} MB, in {time.perf_counter() - started:.1f} s"
         )
-        run = run_materialization_child(work, args.docs, corpus["bytes"], args.profile)
-        print(f"Materialized documents + chunks in {run.total_wall_s:.1f} s; timing split_documents at {args.scales}")
+        run = run_materialization_child(work, SOURCE_NAME, args.docs, corpus["bytes"], args.profile)
+        print(f"Materialized documents + chunks in {run.total_wall_s:.1f} s; now ours and the reference on md + txt")
+        comparison = compare_with_reference(work, corpus)
+        print(f"Reference design in {comparison.reference.wall_s:.1f} s; timing split_documents at {args.scales}")
         runs = run_linearity(work / "generated" / "documents" / f"{SOURCE_NAME}.parquet", args.scale_list, args.repeat)
-    section = report(args, corpus, run, runs)
+    section = report(args, corpus, run, comparison, runs)
     print()
     print(section)
     if args.profile:

@@ -1,11 +1,18 @@
-"""Writing a benchmark's section of RESULTS.md: replaced in place when it is there, appended otherwise."""
+"""Helpers shared by the benchmarks: writing a section of RESULTS.md (replaced in place when it is there,
+appended otherwise), the machine description, and running a measured step in a child process."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -44,3 +51,36 @@ def machine_description(packages: list[str]) -> dict[str, str]:
         "python": f"Python {platform.python_version()} ({platform.system()} {platform.release()})",
         "packages": versions,
     }
+
+
+def memory_status_mb(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    wall_s: float  # the child process from start to exit
+    rusage_maxrss_mb: float  # ru_maxrss of the child, from wait4
+    result: dict[str, Any]  # what the child wrote to its result file
+
+
+def run_child(command: list[str], cwd: Path, result_file: Path, log_file: Path, echo_log: bool = False) -> ChildRun:
+    """Run `command` (a fresh interpreter) with its output in `log_file`; wall time and rusage come from wait4.
+
+    Exits with the end of the log when the child fails; otherwise returns the JSON it wrote to `result_file`.
+    """
+    started = time.perf_counter()
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall_s = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.exit(f"The child {command[1:]} failed (exit {process.returncode}):\n{log_file.read_text()[-5000:]}")
+    if echo_log:
+        print(log_file.read_text())
+    return ChildRun(wall_s, usage.ru_maxrss / 1024, json.loads(result_file.read_text(encoding="utf-8")))
