@@ -11,6 +11,8 @@ import os
 import dagster as dg
 
 EXECUTORS = ("multiprocess", "k8s")
+POD_IP = "POD_IP"  # the GPU step pod's own address, for torchrun --local_addr (the trainer's `local_addr`)
+SHM_VOLUME = "dshm"
 
 
 def executor() -> dg.ExecutorDefinition:
@@ -26,9 +28,20 @@ def executor() -> dg.ExecutorDefinition:
 
 
 def gpu_op_tags(gpus_variable: str, default_gpus: int) -> dict[str, object]:
-    """Op tags that give the step's pod `nvidia.com/gpu` GPUs (the number from `gpus_variable`); ignored locally."""
+    """The `dagster-k8s/config` of a GPU step's pod (ignored by the local executor).
+
+    `nvidia.com/gpu` GPUs, the number from `gpus_variable`; a memory-backed /dev/shm, since NCCL and vLLM's
+    tensor-parallel workers exchange tensors through shared memory and a container gets 64 MB by default;
+    and `POD_IP`, the pod's address, which multi-node training gives torchrun as `--local_addr`.
+    """
     gpus = os.environ.get(gpus_variable, str(default_gpus))
     if not gpus.isdigit() or int(gpus) < 1:
         raise ValueError(f"{gpus_variable}={gpus!r}: expected a whole number of GPUs, at least 1.")
-    resources = {"nvidia.com/gpu": gpus}
-    return {"dagster-k8s/config": {"container_config": {"resources": {"requests": resources, "limits": resources}}}}
+    resources = {"nvidia.com/gpu": str(int(gpus))}
+    container = {
+        "resources": {"requests": resources, "limits": resources},
+        "env": [{"name": POD_IP, "value_from": {"field_ref": {"field_path": "status.podIP"}}}],
+        "volume_mounts": [{"name": SHM_VOLUME, "mount_path": "/dev/shm"}],
+    }
+    pod = {"volumes": [{"name": SHM_VOLUME, "empty_dir": {"medium": "Memory"}}]}
+    return {"dagster-k8s/config": {"container_config": container, "pod_spec_config": pod}}
