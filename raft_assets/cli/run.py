@@ -18,7 +18,7 @@ from rich.table import Table
 from raft_assets.automation.sensors import partition_changes
 from raft_assets.definitions import defs
 from raft_assets.ingestion.sources import SourcesError
-from raft_assets.instance import local_instance
+from raft_assets.instance import fail_dead_runs, local_instance, runner_tags
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
 
@@ -57,6 +57,8 @@ class RunReport:
 
 def run_command(args: argparse.Namespace) -> int:
     instance = local_instance()
+    for run_id in fail_dead_runs(instance):
+        console.print(f"[yellow]![/yellow] run {run_id} of a killed process: marked failed, its pool slot freed")
     started = time.monotonic()
     try:
         run_config = load_run_config(args.config)
@@ -109,6 +111,7 @@ def materialize(
             asset_selection=per_source,
             run_config=run_config_for(per_source, config, verbose),
             raise_on_error=False,
+            tags=runner_tags(),
         )
         add_result(report, result, per_source, partition_key)
     if global_keys and report.problems:
@@ -120,6 +123,7 @@ def materialize(
             asset_selection=global_keys,
             run_config=run_config_for(global_keys, config, verbose),
             raise_on_error=False,
+            tags=runner_tags(),
         )
         add_result(report, result, global_keys, None)
     return report
