@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from raft_assets.resources.vllm import ServedModel, VLLMResource, free_port, list_models, redacted
 
 STAND_IN = """#!{python}
-import argparse, json, signal, subprocess, sys, time
+import argparse, json, os, signal, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 parser = argparse.ArgumentParser()
@@ -39,6 +40,7 @@ parser.add_argument("--crash", action="store_true")
 parser.add_argument("--never-ready", action="store_true")
 parser.add_argument("--ignore-sigterm", action="store_true")
 args = parser.parse_args()
+args.api_key = args.api_key or os.environ.get("VLLM_API_KEY")  # as vLLM: --api-key, else VLLM_API_KEY
 
 if args.crash:
     sys.exit("stand-in: CUDA out of memory while loading " + args.model)
@@ -145,14 +147,15 @@ def test_full_command_and_its_redacted_form():
         "8192",
         "--served-model-name",
         "raft-8b",
-        "--api-key",
-        "s3cret",
         "--dtype",
         "bfloat16",
         "--enable-prefix-caching",
     ]
     assert resource.command("m", port=9000)[5:7] == ["--port", "9000"]
-    assert redacted([*command, "--api-key=other"]) == [*command[:16], "REDACTED", *command[17:], "--api-key=REDACTED"]
+    assert resource.environment()["VLLM_API_KEY"] == "s3cret"  # the key goes in the environment, not in argv
+    assert VLLMResource().environment() == dict(os.environ)  # no key: the environment as it is
+    extra = ["--api-key", "other", "--api-key=another"]
+    assert redacted([*command, *extra]) == [*command, "--api-key", "REDACTED", "--api-key=REDACTED"]
 
 
 def test_serve_waits_until_ready_and_stops_the_server(stand_in, tmp_path, caplog):
@@ -173,7 +176,7 @@ def test_serve_waits_until_ready_and_stops_the_server(stand_in, tmp_path, caplog
     assert all_gone(pids)  # the server and its worker
     assert "stand-in: loading checkpoints/hf/run1" in served.log_file.read_text()
     assert served.log_file.parent == tmp_path / "logs"
-    assert "s3cret" not in caplog.text and "--api-key REDACTED" in caplog.text
+    assert "s3cret" not in caplog.text and "--api-key" not in caplog.text
     assert "s3cret" not in repr(served)
 
 

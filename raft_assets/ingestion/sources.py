@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -11,11 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # A source name becomes a partition key and a file name: keep it to a safe alphabet.
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_SOURCE_NAME = re.compile(SOURCE_NAME_PATTERN)
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.html", "**/*.htm", "**/*.pdf"]
 
 
 class SourcesError(ValueError):
     """The sources file is missing or invalid."""
+
+
+def is_valid_source_name(name: str) -> bool:
+    """Whether `name` follows SOURCE_NAME_PATTERN, the rule for names in the sources file (the whole string)."""
+    return _SOURCE_NAME.fullmatch(name) is not None
 
 
 class _Source(BaseModel):

@@ -29,6 +29,7 @@ from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_k
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
 CHARS_PER_TOKEN = 4  # for estimates before a request is sent
+REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
 
 
 class RequestFailed(Exception):
@@ -112,7 +113,7 @@ class LLMResource(dg.ConfigurableResource):
     base_url: str | None = Field(
         default=None, description="Endpoint URL(s), comma-separated replicas; unset: no endpoint (see each use)."
     )
-    api_key: str = Field(default="EMPTY", description="Set it with an environment variable (dg.EnvVar).")
+    api_key: str = Field(default="EMPTY", repr=False, description="Set it with an environment variable (dg.EnvVar).")
     model: str = DEFAULT_MODEL
     max_concurrency: int = Field(default=64, gt=0, description="Requests in flight at once, over all replicas.")
     requests_per_minute: int | None = Field(default=None, gt=0)
@@ -264,11 +265,16 @@ class ChatClient:
         return ChatReply(text, prompt_tokens, completion_tokens, cached=False)
 
     def _describe(self, error: openai.APIError) -> str:
+        """Why a request failed, for the records and logs; the key is cut out should the endpoint echo it."""
         retries = f"after {self.config.max_retries} retries"
         if isinstance(error, openai.APITimeoutError):
             return f"timed out after {self.config.timeout_s:g} s ({retries})"
         if isinstance(error, openai.APIConnectionError):
-            return f"connection failed ({retries}): {error.__cause__ or error}"
+            return self._redact(f"connection failed ({retries}): {error.__cause__ or error}")
         if isinstance(error, openai.APIStatusError):
-            return f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}"
-        return f"{type(error).__name__}: {str(error)[:300]}"
+            return self._redact(f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}")
+        return self._redact(f"{type(error).__name__}: {str(error)[:300]}")
+
+    def _redact(self, text: str) -> str:
+        key = self.config.api_key
+        return text.replace(key, REDACTED) if key and key != "EMPTY" else text

@@ -2,7 +2,9 @@
 
 The command is a list of arguments, never a shell string. The server runs in its own process group, so
 that stopping it also stops the workers it spawns: SIGTERM first, SIGKILL after a grace period, whatever
-happened in the block. The API key is passed to the server and to clients but never logged.
+happened in the block. The API key reaches the server in its environment (VLLM_API_KEY), not on its command
+line, which other users of the machine can read and which vLLM logs among its "non-default args"; it is
+never logged.
 """
 
 from __future__ import annotations
@@ -58,10 +60,15 @@ class VLLMResource(dg.ConfigurableResource):
     extra_args: list[str] = Field(default_factory=list, description="More arguments, one list item each.")
     startup_timeout_s: float = Field(default=600.0, gt=0, description="How long the server may take to be ready.")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="How long SIGTERM may take before SIGKILL.")
-    api_key: str | None = Field(default=None, description="Key the server requires; set it with dg.EnvVar.")
+    api_key: str | None = Field(
+        default=None, repr=False, description="Key the server requires; set it with dg.EnvVar. Sent as VLLM_API_KEY."
+    )
 
     def command(self, model_path: str | Path, port: int | None = None) -> list[str]:
-        """The `vllm serve` arguments; `port` overrides the configured one (serve() resolves port 0)."""
+        """The `vllm serve` arguments; `port` overrides the configured one (serve() resolves port 0).
+
+        The API key is not among them: see `environment`.
+        """
         command = [
             self.executable,
             "serve",
@@ -79,9 +86,14 @@ class VLLMResource(dg.ConfigurableResource):
             command += ["--max-model-len", str(self.max_model_len)]
         if self.served_model_name:
             command += ["--served-model-name", self.served_model_name]
-        if self.api_key:
-            command += ["--api-key", self.api_key]
         return [*command, *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this process's, with the API key as VLLM_API_KEY when one is set."""
+        environment = dict(os.environ)
+        if self.api_key:
+            environment["VLLM_API_KEY"] = self.api_key
+        return environment
 
     @contextmanager
     def serve(
@@ -128,7 +140,12 @@ class VLLMResource(dg.ConfigurableResource):
         try:
             with log_file.open("wb") as output:
                 return subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(),
+                    start_new_session=True,
                 )
         except OSError as error:
             raise dg.Failure(
@@ -154,7 +171,7 @@ class VLLMResource(dg.ConfigurableResource):
 
 
 def redacted(command: list[str]) -> list[str]:
-    """The command with the value of every `--api-key` replaced, for logs."""
+    """The command with the value of every `--api-key` (one passed in extra_args) replaced, for logs."""
     shown = []
     for argument in command:
         if shown and shown[-1] == "--api-key":

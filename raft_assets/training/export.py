@@ -42,7 +42,7 @@ def training_dtype(params: TrainParams) -> torch.dtype:
 
 def trained_model(params: TrainParams, step_folder: Path) -> torch.nn.Module:
     """The base architecture with the checkpoint's weights, LoRA merged, in fp32."""
-    model = AutoModelForCausalLM.from_pretrained(params.base_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(params.base_model, dtype=torch.float32, use_safetensors=True)
     if params.method == "lora":
         from peft import get_peft_model
 
@@ -75,7 +75,7 @@ def export_hf_checkpoint(run_dir: Path, target: Path) -> Export:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    reloaded = AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True).eval()
     with torch.no_grad():
         reloaded_logits = reloaded(**batch).logits.float()
     return Export(

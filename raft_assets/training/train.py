@@ -144,7 +144,10 @@ def build_model(params: TrainParams, env: Dist, dtype: torch.dtype, attn: str) -
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
             reference = _wrap(
-                AutoModelForCausalLM.from_pretrained(params.base_model, config=config, dtype=torch.float32), params
+                AutoModelForCausalLM.from_pretrained(
+                    params.base_model, config=config, dtype=torch.float32, use_safetensors=True
+                ),
+                params,
             )
         full_state = reference.state_dict()
         del reference
