@@ -10,6 +10,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from raft_assets.ingestion.sources import SOURCE_NAME_PATTERN, is_valid_source_name
+
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     """Write atomically: a reader never sees a half-written file, a crash leaves the old one."""
@@ -25,11 +27,25 @@ def read_parquet(path: Path, asset: str) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
+def partition_file(data_dir: str | Path, stage: str, source: str, suffix: str = ".parquet") -> Path:
+    """`<data_dir>/<stage>/<source><suffix>`: the file of one partition of a stage.
+
+    `source` is usually a partition key, which anyone can add in the UI: a name that the sources file would
+    refuse (`../x`, `a/b`, ...) never becomes a path, so no file outside `data_dir` is read or written.
+    """
+    if not is_valid_source_name(source):
+        raise dg.Failure(
+            f"Source name {source!r} is not a valid source name (pattern {SOURCE_NAME_PATTERN}): "
+            "it is never used as a file name. Remove that partition of doc_sources."
+        )
+    return Path(data_dir) / stage / f"{source}{suffix}"
+
+
 def read_all_partitions(
     data_dir: str | Path, stage: str, partition_keys: list[str], columns: list[str] | None = None
 ) -> pl.DataFrame:
     """One stage's rows over the given source partitions (those materialized; the others are absent)."""
-    files = [Path(data_dir) / stage / f"{key}.parquet" for key in partition_keys]
+    files = [partition_file(data_dir, stage, key) for key in partition_keys]
     existing = [path for path in files if path.is_file()]
     if not existing:
         raise dg.Failure(

@@ -231,16 +231,13 @@ def test_a_sitemap_with_an_external_entity_reads_no_local_file(two_sites, tmp_pa
     assert all("xxe-secret" not in request.path for request in allowed.requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding S1 (docs/security.md): the sitemap itself is fetched by LangChain with requests, "
-    "which follows redirects to any host",
-)
 def test_the_sitemap_itself_is_not_fetched_from_another_host_after_a_redirect(two_sites):
     allowed, other = two_sites
     allowed.routes["/sitemap.xml"] = Route(status=302, headers={"Location": other.url("/sitemap.xml")})
-    load_sitemap(sitemap_source(allowed))
+    load = load_sitemap(sitemap_source(allowed))
     assert other.requests == []
+    [failed] = load.documents
+    assert "whose host is not allowed" in failed.error and other.url("/sitemap.xml") in failed.error
 
 
 def test_no_file_name_comes_from_a_page_url(two_sites, project, instance, tmp_path):

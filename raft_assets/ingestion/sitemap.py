@@ -117,12 +117,21 @@ class PoliteSitemapLoader(SitemapLoader):
         return parsed.scheme in ("http", "https") and parsed.netloc in self.source.hosts
 
     def _sitemap_bytes(self) -> bytes:
-        """The sitemap as stored: the XML parser reads its encoding from its declaration."""
+        """The sitemap as stored (the XML parser reads its encoding from its declaration); redirects are followed
+        only to the allowed hosts and the sitemap's own."""
         if not self.source.is_remote:
             return Path(self.source.sitemap).read_bytes()
-        response = self.session.get(self.source.sitemap, **self.requests_kwargs)
-        response.raise_for_status()
-        return response.content
+        url = own_host = self.source.sitemap
+        for _ in range(MAX_REDIRECTS + 1):
+            if not (self.host_allowed(url) or urlparse(url).netloc == urlparse(own_host).netloc):
+                raise requests.RequestException(f"redirected to {url}, whose host is not allowed")
+            response = self.session.get(url, allow_redirects=False, **self.requests_kwargs)
+            if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
+                url = urljoin(url, response.headers["Location"])
+                continue
+            response.raise_for_status()
+            return response.content
+        raise requests.RequestException(f"more than {MAX_REDIRECTS} redirects")
 
     def _document(self, url: str, page: BeautifulSoup) -> LoadedDocument:
         if url in self.page_errors:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from raft_assets.ingestion.sources import SOURCE_NAME_PATTERN, SourceSpec, is_valid_source_name, load_sources
+from raft_assets.ingestion.sources import SourceSpec, load_sources
+from raft_assets.storage import partition_file
 
 
 class ProjectPaths(dg.ConfigurableResource):
@@ -37,14 +38,5 @@ class ProjectPaths(dg.ConfigurableResource):
         return by_name[name]
 
     def stage_file(self, stage: str, source: str, suffix: str = ".parquet") -> Path:
-        """`<data_dir>/<stage>/<source><suffix>`: the file of one partition of a stage.
-
-        `source` is usually a partition key, which anyone can add in the UI: a name that the sources file would
-        refuse (`../x`, `a/b`, ...) never becomes a path, so no file outside `data_dir` is read or written.
-        """
-        if not is_valid_source_name(source):
-            raise dg.Failure(
-                f"Source name {source!r} is not a valid source name (pattern {SOURCE_NAME_PATTERN}): "
-                "it is never used as a file name. Remove that partition of doc_sources."
-            )
-        return Path(self.data_dir) / stage / f"{source}{suffix}"
+        """`<data_dir>/<stage>/<source><suffix>`; a partition key that is not a valid source name is refused."""
+        return partition_file(self.data_dir, stage, source, suffix)
