@@ -232,7 +232,9 @@ def test_a_sitemap_that_is_not_xml_is_one_row_naming_it_and_other_sources_go_on(
 
     result = materialize(project, instance, "broken")
     assert not result.success
-    assert check(result, "has_documents").description == "No document of source 'broken' could be loaded."
+    description = check(result, "has_documents").description
+    assert description.startswith(f"No document of source 'broken' could be loaded: {server.url('/sitemap.xml')}: ")
+    assert "not a sitemap" in description
     docs = read_stage(project, "documents", "broken")
     [(uri, reason)] = errors_by_uri(docs).items()
     assert uri == server.url("/sitemap.xml")

@@ -41,7 +41,10 @@ def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
 
     result = run_cli(tmp_path, sources=sources)
     assert result.returncode == 1
-    assert "check documents.has_documents [bad] failed: No document of source 'bad' could be loaded." in result.stdout
+    reason = (
+        "check documents.has_documents [bad] failed: No document of source 'bad' could be loaded: empty.md: empty file."
+    )
+    assert reason in result.stdout
     assert "chunks[bad]" in result.stdout and "skipped" in result.stdout
 
 

@@ -100,7 +100,10 @@ def test_a_source_whose_every_document_fails_fails_its_check(project, instance, 
     assert not result.success
     [failed] = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert failed.check_name == "has_documents"
-    assert failed.description == "No document of source 'docs' could be loaded."
+    assert failed.description == (
+        "No document of source 'docs' could be loaded: binary.txt: binary content (NUL bytes) in a text file; "
+        "empty.md: empty file."
+    )
     # The documents file keeps the per-file reasons; nothing downstream ran.
     errors = pl.read_parquet(project.stage_file("documents", "docs"))["error"].to_list()
     assert errors == ["binary content (NUL bytes) in a text file", "empty file"]

@@ -29,6 +29,15 @@ class ChunksConfig(dg.Config):
     min_chunk_chars: int = Field(default=100, ge=0, description="Chunks of this many characters or fewer are dropped.")
 
 
+def no_documents_reason(source: str, failed: pl.DataFrame) -> str:
+    """Why a source has no document: the first errors, or that it lists nothing."""
+    if failed.is_empty():
+        return f"Source {source!r} has no document: its folder or sitemap lists nothing to read."
+    examples = "; ".join(f"{row['uri']}: {row['error']}" for row in failed.head(2).iter_rows(named=True))
+    more = f" (and {failed.height - 2} more)" if failed.height > 2 else ""
+    return f"No document of source {source!r} could be loaded: {examples}{more}."
+
+
 @dg.asset(
     partitions_def=doc_sources,
     group_name="ingestion",
@@ -78,7 +87,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
                 check_name="has_documents",
                 passed=loaded > 0,
                 metadata={"loaded": loaded},
-                description=None if loaded else f"No document of source {spec.name!r} could be loaded.",
+                description=None if loaded else no_documents_reason(spec.name, failed),
             ),
             dg.AssetCheckResult(
                 check_name="failure_rate_within_bound",
