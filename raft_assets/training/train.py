@@ -16,18 +16,21 @@ The loop:
   and multiplied by the world size because FSDP averages gradients over ranks);
 - sharded checkpoints (model and optimizer, DCP) every `save_every_steps` and at the end, resumed
   exactly from `OUTPUT_DIR/latest` on restart;
-- rank 0 writes `metrics.jsonl`, and under Dagster Pipes streams each step and reports the materialization.
+- rank 0 writes `metrics.jsonl`, and under Dagster Pipes streams each step and reports the materialization;
+- under torchrun a worker dies with its launcher (Linux), so a killed run leaves no orphan training on.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -89,6 +92,28 @@ class Dist:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_launcher() -> None:
+    """Under torchrun on Linux: have the kernel SIGKILL this worker as soon as its launcher dies.
+
+    torchrun starts each worker in a session of its own, so when the launcher is killed with its process group
+    (the `raft-assets run` or Dagster step that started it, killed with SIGKILL: no signal handler runs), the
+    workers would train on as orphans, writing checkpoints into the run folder that the next materialization
+    resumes from. A lost machine takes every process at once; this makes a lost launcher do the same.
+    Elsewhere (no torchrun, another OS) it does nothing.
+    """
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != launcher:  # the launcher died between the two calls: it is gone already
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init_distributed(backend: str) -> Dist:
@@ -586,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="train_params.yaml")
     args = parser.parse_args(argv)
+    die_with_launcher()
     train(TrainParams.load(args.config))
 
 

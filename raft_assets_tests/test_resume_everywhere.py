@@ -1,0 +1,505 @@
+"""Resume everywhere: `raft-assets run` killed during ingestion, training and evaluation picks up where it stopped.
+
+The whole graph runs as a user runs it (the CLI in a subprocess) on the sample sources plus a sitemap source
+served on loopback, with OpenAI-compatible test servers as generator and judge and the tiny base model. One
+uninterrupted run in its own workspace is the reference. Another workspace is killed three times with SIGKILL,
+each run starting where the last one was killed, and a fourth run completes:
+
+1. during `documents` of the sitemap source `site`, while its web server holds one page: `llama_docs`, before it,
+   is done (its LLM requests too), `pytorch_docs` not started;
+2. during `fsdp_checkpoint`, once `latest` names step 2 or 4 of 6. Only the CLI's process group is killed:
+   torchrun's workers run in sessions of their own and must die with their launcher, not train on as orphans;
+3. during `eval_report`, once the judge (holding every request after the first few) has answered a few and the
+   answers are in the reply cache.
+
+The runs together send exactly the requests the reference run sends, each once (generator and judge), train each
+of the 6 steps once, and write the same files: parquet tables, RAFT records, eval set, the fine-tuned weights and
+the evaluation report (timings aside). Nothing half-written is left behind.
+
+Killing the generation half way (questions and CoT answers) is tested in test_resume_and_secrets.py. Not saved
+across a kill: the pages of a sitemap source (a source is fetched again as a whole) and the local models' answers
+in `eval_report` (computed again in process); neither is an LLM request nor a training step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli, write_sources
+from raft_assets_tests.openai_server import OpenAITestServer
+from raft_assets_tests.test_end_to_end import RUN_CONFIG as END_TO_END_CONFIG
+from raft_assets_tests.test_end_to_end import generator, judge
+from raft_assets_tests.test_resume_and_secrets import cached_replies
+from raft_assets_tests.test_train_script import descendants
+
+pytestmark = pytest.mark.timeout(900)
+
+STEPS = 6
+RUN_CONFIG = {
+    "ops": {
+        **END_TO_END_CONFIG["ops"],
+        "fsdp_checkpoint": {"config": {"max_steps": STEPS, "save_every_steps": 2}},
+    }
+}
+JUDGE_HOLD_AFTER = 4  # judge replies before the judge holds the rest: the run is then inside eval_report
+TABLES = ("documents", "chunks", "questions", "cot_answers")
+PAGES = {
+    "/guides/accumulation.html": (
+        "Gradient accumulation",
+        "Gradient accumulation runs several micro-batches forward and backward before one optimizer step, so a "
+        "small GPU trains with the effective batch size of a large one. The loss of each micro-batch is divided "
+        "by the number of label tokens in the whole step, which keeps long and short samples weighted fairly.",
+    ),
+    "/guides/warmup.html": (
+        "Learning-rate warmup",
+        "Warmup raises the learning rate linearly over the first steps of fine-tuning, before the cosine decay "
+        "begins. Without it the first updates of a pretrained model can be large enough to undo what the model "
+        "knew, and the loss jumps before it falls. A few dozen steps of warmup are usually enough.",
+    ),
+    "/guides/sharding.html": (
+        "Sharded checkpoints",
+        "A sharded checkpoint stores each rank's slice of the parameters and optimizer state in its own file, "
+        "written in parallel. Resuming reads the slices back on the same number of ranks, or reshards them on a "
+        "different number, and continues from the saved step with the saved data position and schedule.",
+    ),
+}
+HELD_PAGE = "/guides/warmup.html"
+
+
+class SiteServer:
+    """The sitemap source's web site on loopback; while `holding`, HELD_PAGE waits for `release()` (a hung page)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held = threading.Event()  # HELD_PAGE was requested while holding
+        self.released = threading.Event()
+        self.requests: Counter[str] = Counter()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                site.requests[self.path] += 1
+                if self.path == HELD_PAGE and site.holding:
+                    site.held.set()
+                    site.released.wait(timeout=300)
+                body, kind = site.page(self.path)
+                try:
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the run that asked was killed
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.sitemap_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/sitemap.xml"
+
+    def page(self, path: str) -> tuple[bytes, str]:
+        if path == "/sitemap.xml":
+            base = self.sitemap_url.removesuffix("/sitemap.xml")
+            entries = "".join(f"<url><loc>{base}{page}</loc></url>" for page in PAGES)
+            xml = f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
+            return xml.encode(), "application/xml"
+        if path in PAGES:
+            title, text = PAGES[path]
+            html = f"<html><head><title>{title}</title></head><body><nav>Guides</nav><h1>{title}</h1><p>{text}</p>"
+            return (html + "</body></html>").encode(), "text/html; charset=utf-8"
+        return b"", "text/plain"
+
+    def hold(self) -> None:
+        self.holding = True
+        self.held.clear()
+        self.released.clear()
+
+    def release(self) -> None:
+        self.holding = False
+        self.released.set()
+
+    def __enter__(self) -> SiteServer:
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@dataclass
+class Workspace:
+    """A DAGSTER_HOME, data and checkpoint folders, and the sources and run config of the runs in it."""
+
+    root: Path
+    sources: Path
+    config: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def args(self) -> list[str]:
+        return ["--config", str(self.config)]
+
+    def latest_checkpoint(self) -> str | None:
+        """What `checkpoints/fsdp/<run>/latest` names, once a run saved a checkpoint."""
+        pointers = list((self.checkpoints / "fsdp").glob("*/latest"))
+        return pointers[0].read_text().strip() if pointers else None
+
+    def fsdp_materializations(self) -> list[dict]:
+        """The metadata of every fsdp_checkpoint materialization, oldest first, from the Dagster instance."""
+        with dg.DagsterInstance.from_config(str(self.root / "dagster_home")) as instance:
+            records = instance.fetch_materializations(dg.AssetKey("fsdp_checkpoint"), limit=100).records
+            return [
+                {key: value.value for key, value in record.asset_materialization.metadata.items()}
+                for record in sorted(records, key=lambda record: record.storage_id)
+            ]
+
+
+def workspace(root: Path, site: SiteServer) -> Workspace:
+    """The sample sources (data/sources.yaml) with the sitemap source `site` between them."""
+    sample = yaml.safe_load((REPO / "data" / "sources.yaml").read_text(encoding="utf-8"))["sources"]
+    local = [{**source, "path": str(REPO / "data" / source["path"])} for source in sample]
+    remote = {"name": "site", "kind": "sitemap", "sitemap": site.sitemap_url, "timeout_s": 300, "retries": 0}
+    remote["requests_per_second"] = 50
+    sources = write_sources(root / "sources.yaml", [local[0], remote, *local[1:]])
+    config = root / "run_config.yaml"
+    config.write_text(yaml.safe_dump(RUN_CONFIG), encoding="utf-8")
+    return Workspace(root, sources, config)
+
+
+def endpoints(generator_server: OpenAITestServer, judge_server: OpenAITestServer) -> dict[str, str]:
+    return {
+        "RAFT_LLM_BASE_URL": generator_server.base_url,
+        "RAFT_LLM_MODEL": "llama-70b",
+        "RAFT_JUDGE_BASE_URL": judge_server.base_url,
+        "RAFT_JUDGE_MODEL": "judge",
+    }
+
+
+def start_run(space: Workspace, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`raft-assets run` in a session of its own (so that its process group can be killed), output to `log`."""
+    with log.open("w") as output:
+        return subprocess.Popen(
+            [RAFT_ASSETS, "run", *space.args()],
+            cwd=REPO,
+            env=cli_env(space.root, space.sources, **env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for(process: subprocess.Popen, log: Path, ready: Callable[[], bool], what: str, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}:\n" + log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"the run never got to {what}:\n" + log.read_text()[-4000:]
+        time.sleep(0.01)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of `pids` that still run (a zombie has finished running)."""
+    found = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            found.append(pid)
+    return found
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_like_a_lost_machine(process: subprocess.Popen) -> None:
+    """SIGKILL the run's process group and every process below it, at once (nothing when it has ended)."""
+    if process.poll() is None:
+        below = descendants(process.pid)
+        os.killpg(process.pid, signal.SIGKILL)
+        kill(below)
+    process.wait(timeout=60)
+
+
+def step_lines(log: Path) -> list[int]:
+    """The steps that rank 0 reported in a run's output (one JSON line per optimizer step)."""
+    return [json.loads(line)["step"] for line in log.read_text().splitlines() if line.startswith('{"step": ')]
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {key: without_timings(item) for key, item in value.items() if "seconds" not in key}
+    if isinstance(value, list):
+        return [without_timings(item) for item in value]
+    return value
+
+
+# `.<name>.partial` (parquet, RAFT files, DCP steps, index batches), `.<name>.<pid>.tmp` (write_text_atomically),
+# `.<name>.<purpose>-<pid>` (staging_dir: the export, the tiny model)
+HALF_WRITTEN = re.compile(r"^\..+\.(partial|\d+\.tmp|[a-z]+-\d+)$")
+
+
+def leftovers(space: Workspace) -> list[Path]:
+    """Half-written files or folders, which a killed run may leave and the next must not."""
+    return [
+        path
+        for folder in (space.data, space.checkpoints)
+        for path in folder.rglob(".*")
+        if HALF_WRITTEN.match(path.name)
+    ]
+
+
+@pytest.fixture(scope="module")
+def site():
+    with SiteServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference(site, tmp_path_factory):
+    """One uninterrupted run; yields its workspace and the requests the generator and the judge answered."""
+    space = workspace(tmp_path_factory.mktemp("uninterrupted"), site)
+    with OpenAITestServer(generator, models=["llama-70b"]) as gen, OpenAITestServer(judge, models=["judge"]) as jud:
+        result = run_cli(space.root, *space.args(), sources=space.sources, **endpoints(gen, jud))
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        yield space, gen.stats.completed_fingerprints, jud.stats.completed_fingerprints
+
+
+@dataclass
+class Interrupted:
+    """The workspace killed three times, then run to the end, with what was seen at each kill."""
+
+    space: Workspace
+    logs: list[Path]
+    generator: Counter[str]  # requests answered, over all four runs
+    judge: Counter[str]
+    generator_at_kill: list[Counter[str]]  # at each of the three kills
+    judge_at_kill: Counter[str]  # after the kill in eval_report
+    site_at_kill: Counter[str]  # pages requested when the run was killed in `documents`
+    tables_at_ingestion_kill: list[str]
+    checkpoint_at_kill: str
+    processes_at_kill: dict[int, str]  # the processes below the CLI when it was killed in training: command lines
+    survivors: list[int]  # of those, the ones still running 10 s after
+    checkpoint_after_kill: str | None  # what `latest` named once they had died (or 10 s had passed)
+    fsdp_after_training_kill: list[dict]
+    report_at_kill: bool  # whether eval_report.json existed when the run was killed in eval_report
+
+
+@pytest.fixture(scope="module")
+def interrupted(site, tmp_path_factory) -> Interrupted:
+    space = workspace(tmp_path_factory.mktemp("interrupted"), site)
+    logs = [space.root / f"run{i}.log" for i in range(1, 5)]
+    gen = OpenAITestServer(generator, models=["llama-70b"])
+    jud = OpenAITestServer(judge, models=["judge"], hold_after=JUDGE_HOLD_AFTER)
+    generator_at_kill = []
+    with gen, jud:
+        env = endpoints(gen, jud)
+
+        # 1. Killed in `documents` of `site`, its second source, while a page hangs.
+        site.hold()
+        process = start_run(space, logs[0], env)
+        try:
+            wait_for(process, logs[0], site.held.is_set, "the held page of the sitemap source")
+            time.sleep(0.5)  # the other pages of the source are fetched meanwhile
+        finally:
+            kill_like_a_lost_machine(process)
+        site_at_kill = Counter(site.requests)
+        site.release()
+        tables = sorted(str(path.relative_to(space.data)) for path in space.data.rglob("*.parquet"))
+        generator_at_kill.append(gen.stats.completed_fingerprints)
+
+        # 2. Killed in `fsdp_checkpoint` at an intermediate checkpoint: the CLI's process group only.
+        process, processes_at_kill = start_run(space, logs[1], env), {}
+        try:
+            wait_for(
+                process, logs[1], lambda: space.latest_checkpoint() in ("step_000002", "step_000004"), "a checkpoint"
+            )
+            checkpoint_at_kill = space.latest_checkpoint()
+            processes_at_kill = {pid: command_line(pid) for pid in descendants(process.pid)}
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+            deadline = time.monotonic() + 10
+            while alive(list(processes_at_kill)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            survivors = alive(list(processes_at_kill))
+            checkpoint_after_kill = space.latest_checkpoint()
+        finally:
+            kill_like_a_lost_machine(process)
+            kill(list(processes_at_kill))
+        generator_at_kill.append(gen.stats.completed_fingerprints)
+        fsdp_after_training_kill = space.fsdp_materializations()
+
+        # 3. Killed in `eval_report`, once the first judge replies are in the reply cache.
+        process = start_run(space, logs[2], env)
+        try:
+            wait_for(
+                process,
+                logs[2],
+                lambda: (
+                    jud.stats.completed >= JUDGE_HOLD_AFTER
+                    and cached_replies(space.data) == gen.stats.completed + jud.stats.completed
+                ),
+                "the judge",
+            )
+        finally:
+            kill_like_a_lost_machine(process)
+        generator_at_kill.append(gen.stats.completed_fingerprints)
+        judge_at_kill = jud.stats.completed_fingerprints
+        report_at_kill = (space.data / "reports" / "eval_report.json").exists()
+
+        # 4. To the end, the judge answering again.
+        jud.release()
+        result = run_cli(space.root, *space.args(), sources=space.sources, **env)
+        logs[3].write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        return Interrupted(
+            space=space,
+            logs=logs,
+            generator=gen.stats.completed_fingerprints,
+            judge=jud.stats.completed_fingerprints,
+            generator_at_kill=generator_at_kill,
+            judge_at_kill=judge_at_kill,
+            site_at_kill=site_at_kill,
+            tables_at_ingestion_kill=tables,
+            checkpoint_at_kill=checkpoint_at_kill,
+            processes_at_kill=processes_at_kill,
+            survivors=survivors,
+            checkpoint_after_kill=checkpoint_after_kill,
+            fsdp_after_training_kill=fsdp_after_training_kill,
+            report_at_kill=report_at_kill,
+        )
+
+
+def frames(space: Workspace) -> dict[str, pl.DataFrame]:
+    return {
+        str(path.relative_to(space.data)): pl.read_parquet(path)
+        for stage in TABLES
+        for path in sorted((space.data / stage).glob("*.parquet"))
+    }
+
+
+def test_ingestion_killed_in_a_source_resumes_without_repeating_the_finished_sources(interrupted, reference):
+    run = interrupted
+    assert run.site_at_kill[HELD_PAGE] == 1 and run.site_at_kill["/sitemap.xml"] == 1  # killed inside `documents`
+    # the source before `site` was done, nothing of `site` or of the source after it was written
+    assert run.tables_at_ingestion_kill == sorted(f"{stage}/llama_docs.parquet" for stage in TABLES)
+    done_before = run.generator_at_kill[0]
+    assert sum(done_before.values()) > 0
+    assert all(run.generator[fingerprint] == 1 for fingerprint in done_before)  # none asked again
+
+    assert not leftovers(run.space)
+    reference_frames, resumed_frames = frames(reference[0]), frames(run.space)
+    assert sorted(resumed_frames) == sorted(reference_frames)
+    assert {name.split("/")[1] for name in resumed_frames} == {
+        "llama_docs.parquet",
+        "site.parquet",
+        "pytorch_docs.parquet",
+    }
+    for name, frame in reference_frames.items():
+        assert resumed_frames[name].equals(frame), name
+    site_documents = resumed_frames["documents/site.parquet"]
+    assert site_documents["error"].is_null().all() and site_documents.height == len(PAGES)
+
+
+def test_training_killed_at_a_checkpoint_resumes_there_and_trains_each_step_once(interrupted, reference):
+    run = interrupted
+    # torchrun and its two workers were running; killing the CLI's process group took all three with it
+    commands = run.processes_at_kill.values()
+    launchers = [command for command in commands if "-m torch.distributed.run" in command]
+    workers = [
+        command for command in commands if "-m raft_assets.training.train" in command and command not in launchers
+    ]
+    assert len(launchers) == 1 and len(workers) == 2, run.processes_at_kill
+    assert run.survivors == [], "processes of the killed run still run (orphaned torchrun workers)"
+    assert run.checkpoint_after_kill == run.checkpoint_at_kill  # no orphan trained on
+    assert run.fsdp_after_training_kill == []  # the killed run materialized nothing
+    saved = int(run.checkpoint_at_kill.removeprefix("step_"))
+
+    # the next run resumed from the checkpoint and trained only the steps after it, the last run none
+    resumed, again = run.space.fsdp_materializations()
+    assert resumed["resumed"] is True and resumed["steps"] == STEPS
+    assert f"resumed from {run.checkpoint_at_kill}: step {saved}" in run.logs[2].read_text()
+    assert step_lines(run.logs[2]) == list(range(saved + 1, STEPS + 1))
+    assert again["resumed"] is True and step_lines(run.logs[3]) == []
+    assert [point["step"] for point in resumed["loss_curve"]] == list(range(1, STEPS + 1))
+    assert set(step_lines(run.logs[1])) >= set(range(1, saved + 1))  # what the killed run had trained
+    assert all(run.generator[fingerprint] == 1 for fingerprint in run.generator_at_kill[1])  # no request repeated
+
+    # the same weights as the uninterrupted run (gloo on CPUs is deterministic)
+    space, _, _ = reference
+    reference_weights, resumed_weights = hf_weights(space), hf_weights(run.space)
+    assert resumed_weights.keys() == reference_weights.keys()
+    for name, tensor in reference_weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    reference_losses = [point["loss"] for point in reference_fsdp(space)["loss_curve"]]
+    assert [point["loss"] for point in resumed["loss_curve"]] == pytest.approx(reference_losses, rel=1e-5)
+
+
+def hf_weights(space: Workspace) -> dict[str, torch.Tensor]:
+    run = (space.checkpoints / "hf" / "latest_run").read_text().strip()
+    return load_file(space.checkpoints / "hf" / run / "model.safetensors")
+
+
+def reference_fsdp(space: Workspace) -> dict:
+    (materialization,) = space.fsdp_materializations()
+    assert materialization["resumed"] is False
+    return materialization
+
+
+def test_evaluation_killed_while_judging_asks_nothing_twice_and_writes_the_same_report(interrupted, reference):
+    run = interrupted
+    space, reference_generator, reference_judge = reference
+    assert sum(run.judge_at_kill.values()) >= JUDGE_HOLD_AFTER  # killed while judging, before the report
+    assert sum(reference_judge.values()) > sum(run.judge_at_kill.values()) and not run.report_at_kill
+    # Every generator request (questions, CoT answers, the reference system's answers) was answered before the kill,
+    # and none again after it; no judge request answered before the kill was asked again.
+    assert run.generator_at_kill[2] == run.generator == reference_generator
+    assert all(run.judge[fingerprint] == 1 for fingerprint in run.judge_at_kill)
+    # Over the four runs, generator and judge answered exactly the requests of the uninterrupted run, each once.
+    assert run.judge == reference_judge
+    assert set(run.generator.values()) == {1} and set(run.judge.values()) == {1}
+
+    report = json.loads((run.space.data / "reports" / "eval_report.json").read_text())
+    expected = json.loads((space.data / "reports" / "eval_report.json").read_text())
+    assert without_timings(report) == without_timings(expected)
+    for name in ("raft/raft.jsonl", "raft/raft_train.jsonl", "raft/raft_test.jsonl", "eval/eval_set.json"):
+        assert (run.space.data / name).read_bytes() == (space.data / name).read_bytes(), name
