@@ -5,7 +5,8 @@ import os
 import dagster as dg
 import pytest
 
-from raft_assets_tests.conftest import REPO, run_cli, write_sources
+from raft_assets.cli import main
+from raft_assets_tests.conftest import REPO, cli_env, run_cli, write_sources
 
 
 def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
@@ -67,7 +68,10 @@ def test_select_and_source_narrow_the_run(tmp_path):
         (["--select", "documents++("], "cannot parse --select"),
     ],
 )
-def test_bad_arguments_are_usage_errors(tmp_path, args, message):
-    result = run_cli(tmp_path, *args)
-    assert result.returncode == 2
-    assert message in " ".join(result.stdout.split())
+def test_bad_arguments_are_usage_errors(tmp_path, monkeypatch, capsys, args, message):
+    """In this process (the command's own `main`): a usage error is found before anything runs."""
+    env = cli_env(tmp_path)
+    for key in ("DAGSTER_HOME", "RAFT_DATA_DIR", "RAFT_CHECKPOINT_DIR", "RAFT_SOURCES"):
+        monkeypatch.setenv(key, env[key])
+    assert main(["run", *args]) == 2
+    assert message in " ".join(capsys.readouterr().out.split())

@@ -50,12 +50,12 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
         [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
         for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
             server.graphql(STOP_SENSOR, {"id": sensor["id"]})
-        training = launch(server, repository, "fsdp_checkpoint", {"max_steps": 6, "save_every_steps": 6})
+        training = launch(server, repository, "fsdp_checkpoint", {"max_steps": 3, "save_every_steps": 3})
         evaluation = launch(
             server,
             repository,
             "eval_report",
-            {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 4},
+            {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 2},
         )
         runs = wait_for(server, [training, evaluation])
 
