@@ -2,8 +2,9 @@
 
 The whole graph runs as a user runs it (the CLI in a subprocess) on the sample sources plus a sitemap source
 served on loopback, with OpenAI-compatible test servers as generator and judge and the tiny base model. One
-uninterrupted run in its own workspace is the reference. Another workspace is killed three times with SIGKILL,
-each run starting where the last one was killed, and a fourth run completes:
+uninterrupted run in its own workspace is the reference (it starts once the first kill is done and runs alongside
+the others). Another workspace is killed three times with SIGKILL, each run starting where the last one was
+killed, and a fourth run completes:
 
 1. during `documents` of the sitemap source `site`, while its web server holds one page: `llama_docs`, before it,
    is done (its LLM requests too), `pytorch_docs` not started;
@@ -32,7 +33,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -294,14 +295,32 @@ def site():
         yield server
 
 
-@pytest.fixture(scope="module")
-def reference(site, tmp_path_factory):
-    """One uninterrupted run; yields its workspace and the requests the generator and the judge answered."""
-    space = workspace(tmp_path_factory.mktemp("uninterrupted"), site)
+@dataclass
+class Reference:
+    """The uninterrupted run: its workspace and the requests the generator and the judge answered."""
+
+    space: Workspace
+    generator: Counter[str]
+    judge: Counter[str]
+
+
+@contextlib.contextmanager
+def uninterrupted_run(site: SiteServer, root: Path) -> Iterator[Callable[[], Reference]]:
+    """Start the reference run in the background (it overlaps the interrupted runs, which saves the suite's
+    time); yields a function that waits for it to finish and returns its `Reference`."""
+    space = workspace(root, site)
+    log = root / "run.log"
     with OpenAITestServer(generator, models=["llama-70b"]) as gen, OpenAITestServer(judge, models=["judge"]) as jud:
-        result = run_cli(space.root, *space.args(), sources=space.sources, **endpoints(gen, jud))
-        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-        yield space, gen.stats.completed_fingerprints, jud.stats.completed_fingerprints
+        process = start_run(space, log, endpoints(gen, jud))
+
+        def finished() -> Reference:
+            assert process.wait(timeout=800) == 0, log.read_text()[-5000:]
+            return Reference(space, gen.stats.completed_fingerprints, jud.stats.completed_fingerprints)
+
+        try:
+            yield finished
+        finally:
+            kill_like_a_lost_machine(process)
 
 
 @dataclass
@@ -325,13 +344,14 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def interrupted(site, tmp_path_factory) -> Interrupted:
+def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
+    """The interrupted runs, and the uninterrupted one, started once the sitemap's page no longer hangs."""
     space = workspace(tmp_path_factory.mktemp("interrupted"), site)
     logs = [space.root / f"run{i}.log" for i in range(1, 5)]
     gen = OpenAITestServer(generator, models=["llama-70b"])
     jud = OpenAITestServer(judge, models=["judge"], hold_after=JUDGE_HOLD_AFTER)
     generator_at_kill = []
-    with gen, jud:
+    with contextlib.ExitStack() as stack, gen, jud:
         env = endpoints(gen, jud)
 
         # 1. Killed in `documents` of `site`, its second source, while a page hangs.
@@ -344,6 +364,7 @@ def interrupted(site, tmp_path_factory) -> Interrupted:
             kill_like_a_lost_machine(process)
         site_at_kill = Counter(site.requests)
         site.release()
+        reference = stack.enter_context(uninterrupted_run(site, tmp_path_factory.mktemp("uninterrupted")))
         tables = sorted(str(path.relative_to(space.data)) for path in space.data.rglob("*.parquet"))
         generator_at_kill.append(gen.stats.completed_fingerprints)
 
@@ -391,7 +412,7 @@ def interrupted(site, tmp_path_factory) -> Interrupted:
         result = run_cli(space.root, *space.args(), sources=space.sources, **env)
         logs[3].write_text(result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-        return Interrupted(
+        interrupted = Interrupted(
             space=space,
             logs=logs,
             generator=gen.stats.completed_fingerprints,
@@ -407,6 +428,17 @@ def interrupted(site, tmp_path_factory) -> Interrupted:
             fsdp_after_training_kill=fsdp_after_training_kill,
             report_at_kill=report_at_kill,
         )
+        return interrupted, reference()
+
+
+@pytest.fixture(scope="module")
+def interrupted(runs) -> Interrupted:
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def reference(runs) -> Reference:
+    return runs[1]
 
 
 def frames(space: Workspace) -> dict[str, pl.DataFrame]:
@@ -427,7 +459,7 @@ def test_ingestion_killed_in_a_source_resumes_without_repeating_the_finished_sou
     assert all(run.generator[fingerprint] == 1 for fingerprint in done_before)  # none asked again
 
     assert not leftovers(run.space)
-    reference_frames, resumed_frames = frames(reference[0]), frames(run.space)
+    reference_frames, resumed_frames = frames(reference.space), frames(run.space)
     assert sorted(resumed_frames) == sorted(reference_frames)
     assert {name.split("/")[1] for name in resumed_frames} == {
         "llama_docs.parquet",
@@ -465,7 +497,7 @@ def test_training_killed_at_a_checkpoint_resumes_there_and_trains_each_step_once
     assert all(run.generator[fingerprint] == 1 for fingerprint in run.generator_at_kill[1])  # no request repeated
 
     # the same weights as the uninterrupted run (gloo on CPUs is deterministic)
-    space, _, _ = reference
+    space = reference.space
     reference_weights, resumed_weights = hf_weights(space), hf_weights(run.space)
     assert resumed_weights.keys() == reference_weights.keys()
     for name, tensor in reference_weights.items():
@@ -487,7 +519,7 @@ def reference_fsdp(space: Workspace) -> dict:
 
 def test_evaluation_killed_while_judging_asks_nothing_twice_and_writes_the_same_report(interrupted, reference):
     run = interrupted
-    space, reference_generator, reference_judge = reference
+    space, reference_generator, reference_judge = reference.space, reference.generator, reference.judge
     assert sum(run.judge_at_kill.values()) >= JUDGE_HOLD_AFTER  # killed while judging, before the report
     assert sum(reference_judge.values()) > sum(run.judge_at_kill.values()) and not run.report_at_kill
     # Every generator request (questions, CoT answers, the reference system's answers) was answered before the kill,
