@@ -1,4 +1,3 @@
-
 import pytest
 
 from raft_assets.ingestion.sitemap import load_sitemap
