@@ -17,6 +17,11 @@ def content_hash(*parts: str) -> str:
     return digest.hexdigest()
 
 
+def tree_fingerprint(root: Path) -> str:
+    """`files_fingerprint` of every file under `root` (a checkpoint folder, say)."""
+    return files_fingerprint(root, sorted(path for path in root.rglob("*") if path.is_file()))
+
+
 def files_fingerprint(root: Path, files: Iterable[Path]) -> str:
     """A hash of the files' paths (relative to `root`), sizes and modification times: it changes when a file does,
     without reading any file."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from raft_assets.evaluation.assets import eval_report
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.vllm import VLLMResource
+from raft_assets.training.base_model import read_pointer
 from raft_assets_tests.conftest import run_assets
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 
@@ -71,7 +72,16 @@ def test_local_models_can_be_served_by_vllm(sample_pipeline):
         vllm = VLLMResource(attach_url=server.base_url, served_model_name="raft-base")
         run_assets(project, instance, [eval_report], config=config, vllm=vllm)
         served = server.stats.completed
-    report = json.loads((Path(project.data_dir) / "reports" / "eval_report.json").read_text())
-    assert list(report["systems"]) == ["base no context", "base RAG k=3"]
-    assert all(row["answer"] == "Served. <ANSWER>: 8K" for rows in report["answers"].values() for row in rows)
-    assert served == 2 * report["systems"]["base RAG k=3"]["questions"]
+        report = json.loads((Path(project.data_dir) / "reports" / "eval_report.json").read_text())
+        assert list(report["systems"]) == ["base no context", "base RAG k=3"]
+        assert all(row["answer"] == "Served. <ANSWER>: 8K" for rows in report["answers"].values() for row in rows)
+        assert served == 2 * report["systems"]["base RAG k=3"]["questions"]
+
+        run_assets(project, instance, [eval_report], config=config, vllm=vllm)
+        assert server.stats.completed == served  # the same weights: every answer from the reply cache
+
+        # New weights under the same served name (here: the same bytes, written again): asked again.
+        weights = read_pointer(Path(project.checkpoint_dir)).path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes())
+        run_assets(project, instance, [eval_report], config=config, vllm=vllm)
+        assert server.stats.completed == 2 * served

@@ -17,6 +17,7 @@ from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answ
 from raft_assets.evaluation.report import write_report
 from raft_assets.evaluation.retrieval import Retriever
 from raft_assets.generation.tasks import ask
+from raft_assets.hashing import tree_fingerprint
 from raft_assets.resources.llm import LLMResource
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.reply_cache import ReplyCache
@@ -77,7 +78,10 @@ def local_backend(
         return
     with vllm.serve(path, log=log) as served:
         endpoint = LLMResource(base_url=served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
-        yield EndpointBackend(endpoint, cache, config.max_new_tokens, name=name)
+        # The served name need not change with the weights (served_model_name, a `tiny` rebuilt in place):
+        # cached answers are those of these very files.
+        weights = cache.scoped(tree_fingerprint(path))
+        yield EndpointBackend(endpoint, weights, config.max_new_tokens, name=name)
 
 
 async def judge_all(judge: LLMResource, cache: ReplyCache, items: list[tuple[str, str, str]], attempts: int):

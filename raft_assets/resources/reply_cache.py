@@ -7,6 +7,7 @@ version — so a repeated or resumed run never pays twice for the same request, 
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import time
@@ -37,6 +38,7 @@ class ReplyCache:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.scope = ""  # see `scoped`
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -45,16 +47,26 @@ class ReplyCache:
             " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)"
         )
 
+    def scoped(self, scope: str) -> ReplyCache:
+        """A view of this cache whose keys also depend on `scope`: the identity of what answers beyond its model
+        name, such as the weights of a checkpoint served under a fixed name."""
+        view = copy.copy(self)
+        view.scope = content_hash(self.scope, scope)
+        return view
+
+    def _scoped(self, key: str) -> str:
+        return content_hash(self.scope, key) if self.scope else key
+
     def get(self, key: str) -> CachedReply | None:
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (self._scoped(key),)
         ).fetchone()
         return CachedReply(*row) if row else None
 
     def put(self, key: str, model: str, reply: CachedReply) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-            (key, model, reply.text, reply.prompt_tokens, reply.completion_tokens, time.time()),
+            (self._scoped(key), model, reply.text, reply.prompt_tokens, reply.completion_tokens, time.time()),
         )
 
     def __len__(self) -> int:

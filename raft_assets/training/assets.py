@@ -11,7 +11,7 @@ from pydantic import Field
 
 from raft_assets.deployment import gpu_op_tags
 from raft_assets.files import write_text_atomically
-from raft_assets.hashing import content_hash, files_fingerprint
+from raft_assets.hashing import content_hash, tree_fingerprint
 from raft_assets.ingestion.assets import chunks
 from raft_assets.partitions import doc_sources, every_source
 from raft_assets.resources.paths import ProjectPaths
@@ -57,9 +57,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths
             "built_now": model.built,
             "chat_template_example": dg.MetadataValue.md(f"```\n{example}\n```"),
         },
-        data_version=dg.DataVersion(
-            files_fingerprint(model.path, sorted(path for path in model.path.rglob("*") if path.is_file()))
-        ),
+        data_version=dg.DataVersion(tree_fingerprint(model.path)),
     )
 
 
