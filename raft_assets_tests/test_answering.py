@@ -24,7 +24,7 @@ from raft_assets.hashing import content_hash
 from raft_assets.ingestion.chunking import CHUNK_SCHEMA
 from raft_assets.ingestion.documents import DOCUMENT_SCHEMA
 from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.resources.reply_cache import CachedReply, ReplyCache
 from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, embed, load_embedder
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.training.base_model import build_tiny_model
@@ -163,6 +163,29 @@ def test_transformers_backend_batches_keep_order_and_give_the_greedy_answers_of_
     assert [answer.text for answer in reversed_answers] == [answer.text for answer in answers][::-1]
     # Streaming gives the same answer, piece by piece.
     assert "".join(batched.stream(requests[2])) == answers[2].text
+
+
+def test_transformers_backend_keeps_its_answers_and_takes_them_from_the_cache(checkpoint: Path, tmp_path: Path):
+    requests = rag_requests(5)
+    cache = ReplyCache(tmp_path / "replies.sqlite").scoped("these weights")
+    backend = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache)
+    computed = asyncio.run(backend.answer_all(requests))
+    assert len(cache) == len(requests) and all(answer.seconds > 0 for answer in computed)
+
+    # A new process (a resumed run) with the same cache: nothing to compute, the same answers, no time.
+    again = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache)
+    cache.put(again.cache_key(requests[1]), again.name, CachedReply("kept from before the kill", 10, 5))
+    resumed = asyncio.run(again.answer_all(requests))
+    assert [answer.text for answer in resumed] == [
+        computed[0].text,
+        "kept from before the kill",
+        *(answer.text for answer in computed[2:]),
+    ]
+    assert all(answer.seconds == 0.0 for answer in resumed)
+
+    # Other weights (another scope) share nothing with these.
+    other = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache.scoped("x"))
+    assert all(answer.seconds > 0 for answer in asyncio.run(other.answer_all(requests[:2])))
 
 
 def test_transformers_backend_reports_a_prompt_too_long_for_the_context(checkpoint: Path):

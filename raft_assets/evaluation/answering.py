@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from raft_assets.dataset.records import chat_messages, without_document_tags
 from raft_assets.generation.prompts import Prompt, documents_block, load_prompts
 from raft_assets.resources.llm import ChatClient, LLMResource, RequestFailed, Usage
-from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_key
 
 DEFAULT_MAX_NEW_TOKENS = 512
 STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>")  # Llama 3's end of turn and end of text, when the vocabulary has them
@@ -93,6 +93,8 @@ class TransformersBackend:
     `generate` runs in a worker thread, so the event loop stays free. A request is timed as its batch's time
     divided by the batch size (the batch is computed at once; per-request time is not observable). A prompt
     that leaves no room for `max_new_tokens` in the model's context is an Answer with an error, not sent.
+    With a `cache` (scoped to these weights by the caller), each batch's answers are kept as it finishes, and
+    an answer found there is not computed again: it takes no time, like a cached endpoint reply.
     """
 
     def __init__(
@@ -101,12 +103,15 @@ class TransformersBackend:
         batch_size: int = 8,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         device: str = "auto",
+        cache: ReplyCache | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model_path = Path(model_path)
         self.name = f"transformers:{self.model_path.name}"
         self.batch_size = batch_size
+        self.cache = cache
+        self.prompt = load_prompts()["raft_chat"]
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype="auto", use_safetensors=True)
@@ -155,11 +160,19 @@ class TransformersBackend:
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
+    def cache_key(self, request: AnswerRequest) -> str:
+        params = {**greedy_params(self.generation_config.max_new_tokens), "backend": "transformers"}
+        return request_key(str(self.model_path), answer_messages(request), params, self.prompt.version)
+
     async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:
         prompts = self.prompt_ids(requests)
+        keys = [self.cache_key(request) for request in requests] if self.cache is not None else []
         answers: list[Answer | None] = [
             None if (error := self._too_long(ids)) is None else Answer("", 0.0, error) for ids in prompts
         ]
+        for i, key in enumerate(keys):
+            if answers[i] is None and (hit := self.cache.get(key)) is not None:
+                answers[i] = Answer(hit.text, 0.0)
         pending = sorted((i for i, answer in enumerate(answers) if answer is None), key=lambda i: -len(prompts[i]))
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
@@ -168,6 +181,9 @@ class TransformersBackend:
             seconds = (time.perf_counter() - started) / len(batch)
             for i, text in zip(batch, texts, strict=True):
                 answers[i] = Answer(text, seconds)
+                if self.cache is not None:
+                    completion = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                    self.cache.put(keys[i], self.name, CachedReply(text, len(prompts[i]), completion))
         return [answer for answer in answers if answer is not None]
 
     def stream(self, request: AnswerRequest) -> Iterator[str]:

@@ -72,15 +72,17 @@ async def answer_system(backend: AnswerBackend, questions: list[str], contexts: 
 def local_backend(
     name: str, path: Path, config: EvalReportConfig, vllm: VLLMResource, cache: ReplyCache, log: logging.Logger
 ) -> Iterator[AnswerBackend]:
-    """A local checkpoint, answering in this process, or served by vLLM for the block (one server at a time)."""
+    """A local checkpoint, answering in this process, or served by vLLM for the block (one server at a time).
+
+    Its answers are cached under the identity of its files, not its name or path (a `tiny` rebuilt in place, a
+    fixed served_model_name): a killed evaluation resumes with the answers it had, never with older weights'.
+    """
+    weights = cache.scoped(tree_fingerprint(path))
     if not config.serve_with_vllm:
-        yield TransformersBackend(path, config.batch_size, config.max_new_tokens)
+        yield TransformersBackend(path, config.batch_size, config.max_new_tokens, cache=weights)
         return
     with vllm.serve(path, log=log) as served:
         endpoint = LLMResource(base_url=served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
-        # The served name need not change with the weights (served_model_name, a `tiny` rebuilt in place):
-        # cached answers are those of these very files.
-        weights = cache.scoped(tree_fingerprint(path))
         yield EndpointBackend(endpoint, weights, config.max_new_tokens, name=name)
 
 
