@@ -18,8 +18,9 @@ of the 6 steps once, and write the same files: parquet tables, RAFT records, eva
 the evaluation report (timings aside). Nothing half-written is left behind.
 
 Killing the generation half way (questions and CoT answers) is tested in test_resume_and_secrets.py. Not saved
-across a kill: the pages of a sitemap source (a source is fetched again as a whole) and the local models' answers
-in `eval_report` (computed again in process); neither is an LLM request nor a training step.
+across a kill: the pages of a sitemap source (a source is fetched again as a whole). The local models' answers in
+`eval_report` are kept under the identity of the checkpoint's files; the fine-tuned model's are computed again
+here, since the rerun exports `hf_checkpoint` again (new files). Neither is an LLM request nor a training step.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -49,7 +51,6 @@ from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli, writ
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.test_end_to_end import RUN_CONFIG as END_TO_END_CONFIG
 from raft_assets_tests.test_end_to_end import generator, judge
-from raft_assets_tests.test_resume_and_secrets import cached_replies
 from raft_assets_tests.test_train_script import descendants
 
 pytestmark = pytest.mark.timeout(900)
@@ -226,6 +227,19 @@ def wait_for(process: subprocess.Popen, log: Path, ready: Callable[[], bool], wh
         time.sleep(0.01)
 
 
+def cached_endpoint_replies(data: Path) -> int:
+    """Replies of the generator and the judge in the reply cache (not the local models' answers, also there)."""
+    path = data / "llm_cache" / "replies.sqlite"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            query = "SELECT COUNT(*) FROM replies WHERE model NOT LIKE 'transformers:%'"
+            return db.execute(query).fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not created yet
+            return 0
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -397,7 +411,7 @@ def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
                 logs[2],
                 lambda: (
                     jud.stats.completed >= JUDGE_HOLD_AFTER
-                    and cached_replies(space.data) == gen.stats.completed + jud.stats.completed
+                    and cached_endpoint_replies(space.data) == gen.stats.completed + jud.stats.completed
                 ),
                 "the judge",
             )
