@@ -585,16 +585,17 @@ def test_the_reply_cache_key_does_not_depend_on_the_api_key(tmp_path):
             async with llm.client(cache) as client:
                 return await client.reply(JUDGE_PROMPT, values, JUDGE_PROMPT.params)
 
-        first = asyncio.run(ask("first-key-0123456789"))
-        second = asyncio.run(ask("second-key-0123456789"))
+        keys = [f"first-{uuid.uuid4().hex}", f"second-{uuid.uuid4().hex}"]
+        first, second = (asyncio.run(ask(key)) for key in keys)
         cache.close()
     assert not first.cached and second.cached and second.text == first.text
     assert server.stats.completed == 1
-    assert files_containing(tmp_path, "key-0123456789") == []
+    assert all(files_containing(tmp_path, key) == [] for key in keys)
 
 
 def test_resource_reprs_hide_the_keys():
-    llm = LLMResource(base_url="http://127.0.0.1:1/v1", api_key="llm-secret-key")
-    vllm = VLLMResource(api_key="vllm-secret-key")
-    assert "llm-secret-key" not in repr(llm) + str(llm)
-    assert "vllm-secret-key" not in repr(vllm) + str(vllm)
+    llm_key, vllm_key = f"llm-{uuid.uuid4().hex}", f"vllm-{uuid.uuid4().hex}"
+    llm = LLMResource(base_url="http://127.0.0.1:1/v1", api_key=llm_key)
+    vllm = VLLMResource(api_key=vllm_key)
+    assert llm_key not in repr(llm) + str(llm)
+    assert vllm_key not in repr(vllm) + str(vllm)
