@@ -33,7 +33,7 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend  # noqa: E402
 from raft_assets.ingestion.chunking import split_documents  # noqa: E402
@@ -173,9 +173,7 @@ def main() -> None:
             "prompts: padded prompts need an explicit attention mask, so the gain grows with the length of the answers.",
         ]
     )
-    print(text)
-    if args.record:
-        record(text)
+    publish(text, args.record)
 
 
 if __name__ == "__main__":

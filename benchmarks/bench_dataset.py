@@ -62,16 +62,16 @@ from typing import Any
 
 from bench_ingestion import Vocabulary, heading, make_vocabulary, sentence
 from results import (  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+    RESULTS,
     ChildRun,
     machine_description,
     memory_status_mb,
-    record,
+    publish,
 )
 from results import run_child as run_child_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_TITLE = "## Dataset: raft_dataset (hard distractors)"
 SETUP_FILE = "setup.json"
 
@@ -891,7 +891,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--questions-per-chunk", type=int, default=5, choices=range(1, len(QUESTION_TEMPLATES) + 1), metavar="1-5"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
-    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS_FILE.name}")
+    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS.name}")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile the materialization, top N")
     parser.add_argument("--no-phases", action="store_true", help="skip timing the phases in a second child")
     parser.add_argument("--child", choices=["materialize", "phases", "reference"], help=argparse.SUPPRESS)
@@ -943,12 +943,7 @@ def main(argv: list[str]) -> None:
             phases = run_child(work, "phases")
     section = report(args, inputs, run, sizes, lines, reference, phases)
     print()
-    print(section)
-    if args.profile:
-        print("(profiled run: timings are inflated, not recorded)")
-    elif args.record:
-        record(section)
-        print(f"Recorded in {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    publish(section, args.record, "profiled run: timings are inflated" if args.profile else None)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from raft_assets.generation.progress import StageProgress  # noqa: E402
 from raft_assets.generation.prompts import load_prompts  # noqa: E402
@@ -216,9 +216,7 @@ def main() -> None:
             verdict,
         ]
     )
-    print(text)
-    if args.record:
-        record(text)
+    publish(text, args.record)
 
 
 if __name__ == "__main__":

@@ -51,10 +51,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from results import (  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+    RESULTS,
     ChildRun,
     machine_description,
     memory_status_mb,
-    record,
+    publish,
     run_child,
 )
 
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     import polars as pl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION_TITLE = "## Ingestion: documents + chunks"
 SOURCE_NAME = "bench_corpus"
 TEXT_SOURCE_NAME = "bench_corpus_text"  # the same folder, its markdown and text files only: the reference's file set
@@ -700,7 +700,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scales", default="1,2,4", help="chunking scales, increasing (default 1,2,4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus (default 0)")
     parser.add_argument("--repeat", type=int, default=1, help="timings per chunking scale, best kept (default 1)")
-    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS_FILE.name}")
+    parser.add_argument("--record", action="store_true", help=f"write the results into {RESULTS.name}")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile the materialization, top N")
     parser.add_argument("--child", choices=["materialize", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -736,12 +736,7 @@ def main(argv: list[str]) -> None:
         runs = run_linearity(work / "generated" / "documents" / f"{SOURCE_NAME}.parquet", args.scale_list, args.repeat)
     section = report(args, corpus, run, comparison, runs)
     print()
-    print(section)
-    if args.profile:
-        print("(profiled run: timings are inflated, not recorded)")
-    elif args.record:
-        record(section)
-        print(f"Recorded in {RESULTS_FILE.relative_to(REPO_ROOT)}")
+    publish(section, args.record, "profiled run: timings are inflated" if args.profile else None)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -148,9 +148,7 @@ def main() -> None:
         text = report(args, measure(args))
     finally:
         dist.destroy_process_group()
-    print(text)
-    if args.record and not args.smoke:
-        record(text)
+    publish(text, args.record, "smoke run" if args.smoke else None)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import record  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from raft_assets.training.base_model import read_pointer  # noqa: E402
 from raft_assets.training.checkpoint import TrainParams  # noqa: E402
@@ -95,9 +95,7 @@ def main() -> None:
         "here is 1,000-2,000 tokens).",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.record:
-        record(text)
+    publish(text, args.record)
 
 
 if __name__ == "__main__":

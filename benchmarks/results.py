@@ -31,6 +31,17 @@ def record(section: str, results_file: Path = RESULTS) -> None:
     results_file.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
+def publish(section: str, record_it: bool, not_recordable: str | None = None) -> None:
+    """Print a benchmark's section; with `record_it`, write it into RESULTS.md too, unless `not_recordable`
+    says why this run's figures must not be kept (a profiled or smoke run)."""
+    print(section)
+    if not_recordable:
+        print(f"({not_recordable}: not recorded)")
+    elif record_it:
+        record(section)
+        print(f"Recorded in {RESULTS.relative_to(RESULTS.parents[1])}")
+
+
 def _shell(command: list[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
 
