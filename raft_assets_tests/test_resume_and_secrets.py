@@ -1,5 +1,6 @@
 """The generation run as a user runs it (`raft-assets run`): killed and resumed, and keeping its key secret."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -29,12 +30,13 @@ def endpoint_env(server: OpenAITestServer, **extra: str) -> dict[str, str]:
 
 
 def cached_replies(data_dir: Path) -> int:
+    """Endpoint replies in the reply cache (not the local models' answers, which eval_report keeps there too)."""
     path = data_dir / "llm_cache" / "replies.sqlite"
     if not path.exists():
         return 0
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         try:
-            return db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM replies WHERE model NOT LIKE 'transformers:%'").fetchone()[0]
         except sqlite3.OperationalError:  # the table is not created yet
             return 0
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -51,6 +50,7 @@ from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli, writ
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.test_end_to_end import RUN_CONFIG as END_TO_END_CONFIG
 from raft_assets_tests.test_end_to_end import generator, judge
+from raft_assets_tests.test_resume_and_secrets import cached_replies
 from raft_assets_tests.test_train_script import descendants
 
 pytestmark = pytest.mark.timeout(900)
@@ -227,19 +227,6 @@ def wait_for(process: subprocess.Popen, log: Path, ready: Callable[[], bool], wh
         time.sleep(0.01)
 
 
-def cached_endpoint_replies(data: Path) -> int:
-    """Replies of the generator and the judge in the reply cache (not the local models' answers, also there)."""
-    path = data / "llm_cache" / "replies.sqlite"
-    if not path.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        try:
-            query = "SELECT COUNT(*) FROM replies WHERE model NOT LIKE 'transformers:%'"
-            return db.execute(query).fetchone()[0]
-        except sqlite3.OperationalError:  # the table is not created yet
-            return 0
-
-
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -411,7 +398,7 @@ def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
                 logs[2],
                 lambda: (
                     jud.stats.completed >= JUDGE_HOLD_AFTER
-                    and cached_endpoint_replies(space.data) == gen.stats.completed + jud.stats.completed
+                    and cached_replies(space.data) == gen.stats.completed + jud.stats.completed
                 ),
                 "the judge",
             )

@@ -100,33 +100,35 @@ def materialize(
     per_source = [key for key in ordered if asset_graph.get(key).partitions_def is not None]
     global_keys = [key for key in ordered if asset_graph.get(key).partitions_def is None]
 
-    job = defs.resolve_implicit_global_asset_job_def()
     report = RunReport([], [])
     partition_keys = sync_partitions(instance, ProjectPaths.from_env(), only=sources) if per_source else []
     for partition_key in partition_keys:
         console.print(f"[bold]▶[/bold] {names(per_source)} for source {escape(partition_key)}")
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=partition_key,
-            asset_selection=per_source,
-            run_config=run_config_for(per_source, config, verbose),
-            raise_on_error=False,
-            tags=runner_tags(),
-        )
-        add_result(report, result, per_source, partition_key)
+        add_result(report, execute(instance, per_source, config, verbose, partition_key), per_source, partition_key)
     if global_keys and report.problems:
         report.outcomes += [Outcome(key.to_user_string(), None, "skipped") for key in global_keys]
     elif global_keys:
         console.print(f"[bold]▶[/bold] {names(global_keys)}")
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=global_keys,
-            run_config=run_config_for(global_keys, config, verbose),
-            raise_on_error=False,
-            tags=runner_tags(),
-        )
-        add_result(report, result, global_keys, None)
+        add_result(report, execute(instance, global_keys, config, verbose), global_keys, None)
     return report
+
+
+def execute(
+    instance: dg.DagsterInstance,
+    keys: list[dg.AssetKey],
+    config: dict[str, Any],
+    verbose: bool,
+    partition_key: str | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One run of `keys` in this process, tagged with it (see `fail_dead_runs`); failures are in the result."""
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=keys,
+        run_config=run_config_for(keys, config, verbose),
+        raise_on_error=False,
+        tags=runner_tags(),
+    )
 
 
 def names(keys: list[dg.AssetKey]) -> str:
