@@ -196,7 +196,7 @@ def source_frames(
         rows["documents"].append(row)
         for position, text in enumerate(texts):
             chunk_id = content_hash(text)
-            rows["chunks"].append((chunk_id, doc_id, source, position, text))
+            rows["chunks"].append((chunk_id, doc_id, source, position, text, [doc_id]))
             words = plain_words(text)
             for template in QUESTION_TEMPLATES[:questions_per_chunk]:
                 question = question_text(rng, template, words, title)

@@ -311,7 +311,7 @@ def materialize_in_this_process(work: Path, source: str, profile_top: int) -> di
         "characters": docs_meta["characters"],
         "chunk_count": chunks_meta["dagster/row_count"],
         "dropped_short": chunks_meta["dropped_short"],
-        "dropped_duplicate": chunks_meta["dropped_duplicate"],
+        "merged_duplicates": chunks_meta["merged_duplicates"],
         "mean_chunk_chars": chunks_meta["mean_chunk_chars"],
     }
 
@@ -334,7 +334,7 @@ class EndToEnd:
     loaded: int
     failed: int
     dropped_short: int
-    dropped_duplicate: int
+    merged_duplicates: int
     mean_chunk_chars: float
 
 
@@ -367,7 +367,7 @@ def run_materialization_child(work: Path, source: str, docs: int, corpus_bytes: 
         loaded=child["loaded"],
         failed=child["failed"],
         dropped_short=child["dropped_short"],
-        dropped_duplicate=child["dropped_duplicate"],
+        merged_duplicates=child["merged_duplicates"],
         mean_chunk_chars=child["mean_chunk_chars"],
     )
 
@@ -566,7 +566,7 @@ def end_to_end_notes(run: EndToEnd) -> str:
         "(the two steps plus Dagster's own work), the rest interpreter start and shutdown. Peak RSS is the child's VmHWM (ru_maxrss from wait4: "
         f"{run.rusage_maxrss_mb:.0f} MB); {run.rss_after_import_mb:.0f} MB of it is resident after the imports. "
         f"{run.loaded:,} documents loaded, {run.failed} failed; chunks: {run.dropped_short:,} dropped as short, "
-        f"{run.dropped_duplicate:,} as duplicates, mean {run.mean_chunk_chars:.0f} characters."
+        f"{run.merged_duplicates:,} repeats merged, mean {run.mean_chunk_chars:.0f} characters."
     )
 
 

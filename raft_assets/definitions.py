@@ -7,7 +7,7 @@ from raft_assets.automation.conditions import on_upstream_data_change
 from raft_assets.automation.jobs import crawl_job, per_source_job
 from raft_assets.automation.schedules import crawl_schedule
 from raft_assets.automation.sensors import automation_sensor, doc_sources_sensor, local_folders_sensor
-from raft_assets.dataset.assets import eval_set, raft_dataset
+from raft_assets.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
 from raft_assets.evaluation.assets import eval_report
 from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.ingestion.assets import chunks, documents
@@ -44,6 +44,7 @@ defs = dg.Definitions(
             eval_report,
         ],
     ),
+    asset_checks=[raft_dataset_checks, eval_set_disjoint_from_training],
     jobs=[per_source_job, crawl_job],
     schedules=[crawl_schedule],
     sensors=[doc_sources_sensor, local_folders_sensor, automation_sensor],

@@ -1,10 +1,18 @@
 """Writing files and folders atomically: a reader or a crash never sees half of one. No heavy imports,
-so the training processes use it too."""
+so the training processes use it too.
+
+What these helpers publish has the modes of any file the process creates: 0666 for files (0777 for
+folders and executables) less the umask. Writers that go through a private temporary file do not give
+that: transformers' `save_pretrained` leaves `model.safetensors` at 0600, which a vLLM container or a
+Kubernetes pod running as another user of a shared volume cannot read. So `replace_dir` sets the modes of
+everything it publishes; `write_text_atomically` creates its file with `open`, which follows the umask.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 
@@ -23,7 +31,9 @@ def staging_dir(target: Path, purpose: str) -> Path:
 
 
 def replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` at `target`, moving any old folder there aside first and then deleting it."""
+    """Put the folder `new` at `target` with the umask's modes, moving any old folder there aside first and
+    then deleting it."""
+    follow_umask(new)
     if not target.exists():
         new.rename(target)
         return
@@ -31,3 +41,28 @@ def replace_dir(new: Path, target: Path) -> None:
     target.rename(old)
     new.rename(target)
     shutil.rmtree(old)
+
+
+def follow_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes that creating them now would give (symbolic links are
+    left alone). Only modes that differ are changed, so files another user wrote are not touched when right."""
+    mask = current_umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = (0o777 if path.is_dir() or mode & 0o111 else 0o666) & ~mask
+        if mode != wanted:
+            path.chmod(wanted)
+
+
+def current_umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it can only be read by setting it for a moment."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask

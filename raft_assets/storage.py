@@ -54,6 +54,26 @@ def read_all_partitions(
     return pl.concat([pl.read_parquet(path, columns=columns) for path in existing], how="vertical")
 
 
+def most_common_errors(failed: pl.DataFrame, limit: int = 3, max_chars: int = 160) -> str:
+    """The most frequent errors of the `error` column, with their counts: what a failure-rate check quotes.
+
+    Errors are counted by their text up to a "; ", after which a row's error may give its own details
+    ("no usable reply in 3 attempts; last: ...").
+    """
+    counts = (
+        failed.filter(pl.col("error").is_not_null())
+        .select(pl.col("error").str.split("; ").list.first())
+        .group_by("error")
+        .len()
+        .sort(["len", "error"], descending=[True, False])
+        .head(limit)
+    )
+    return "; ".join(
+        f"{count} × {error if len(error) <= max_chars else error[: max_chars - 1] + '…'}"
+        for error, count in counts.iter_rows()
+    )
+
+
 def column_schema(schema: Mapping[str, Any], descriptions: Mapping[str, str]) -> dg.TableSchema:
     """A table's columns with their polars types and what they mean, as the Dagster UI shows them."""
     return dg.TableSchema(

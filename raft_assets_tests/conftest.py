@@ -80,7 +80,7 @@ def run_assets(
     from raft_assets.resources.vllm import VLLMResource
 
     result = dg.materialize(
-        list(defs.assets),
+        [*defs.assets, *defs.asset_checks],
         selection=selection,
         partition_key=partition,
         instance=instance,

@@ -89,6 +89,7 @@ class ServerStats:
     """Counters for assertions; `OpenAITestServer.stats` returns a copy."""
 
     requests: int = 0  # every HTTP request received, any endpoint, any outcome
+    model_listings: int = 0  # GET /v1/models answered (clients check the endpoint with it)
     status_counts: Counter[int] = field(default_factory=Counter)  # HTTP status -> responses sent
     fingerprints: Counter[str] = field(default_factory=Counter)  # chat request fingerprint -> times seen
     faults: Counter[str] = field(default_factory=Counter)  # fault name (or "fail_first") -> times injected
@@ -322,6 +323,8 @@ class OpenAITestServer:
     async def _models(self, request: web.Request) -> web.Response:
         if denied := self._admit(request):
             return denied
+        with self._lock:
+            self._stats.model_listings += 1
         self._count(200)
         return web.json_response({"object": "list", "data": [self._model_json(name) for name in self.models]})
 

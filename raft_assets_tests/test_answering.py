@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def write_corpus(generated: Path) -> None:
         full_text = "\n\n".join(texts)
         documents.setdefault(source, []).append((doc_id, source, uri, title, full_text, content_hash(full_text), None))
         chunks.setdefault(source, []).extend(
-            (content_hash(text), doc_id, source, position, text) for position, text in enumerate(texts)
+            (content_hash(text), doc_id, source, position, text, [doc_id]) for position, text in enumerate(texts)
         )
     for stage, rows, schema in (("documents", documents, DOCUMENT_SCHEMA), ("chunks", chunks, CHUNK_SCHEMA)):
         (generated / stage).mkdir(parents=True)
@@ -170,18 +171,20 @@ def test_transformers_backend_keeps_its_answers_and_takes_them_from_the_cache(ch
     cache = ReplyCache(tmp_path / "replies.sqlite").scoped("these weights")
     backend = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache)
     computed = asyncio.run(backend.answer_all(requests))
-    assert len(cache) == len(requests) and all(answer.seconds > 0 for answer in computed)
+    assert len(cache) == len(requests) and all(answer.seconds > 0 and not answer.cached for answer in computed)
 
-    # A new process (a resumed run) with the same cache: nothing to compute, the same answers, no time.
+    # A new process (a resumed run) with the same cache: nothing to compute, the same answers, each with the
+    # time it took when it was computed.
     again = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache)
-    cache.put(again.cache_key(requests[1]), again.name, CachedReply("kept from before the kill", 10, 5))
+    cache.put(again.cache_key(requests[1]), again.name, CachedReply("kept from before the kill", 10, 5, 1.25))
     resumed = asyncio.run(again.answer_all(requests))
     assert [answer.text for answer in resumed] == [
         computed[0].text,
         "kept from before the kill",
         *(answer.text for answer in computed[2:]),
     ]
-    assert all(answer.seconds == 0.0 for answer in resumed)
+    assert all(answer.cached for answer in resumed)
+    assert [answer.seconds for answer in resumed] == [computed[0].seconds, 1.25, *(a.seconds for a in computed[2:])]
 
     # Other weights (another scope) share nothing with these.
     other = TransformersBackend(checkpoint, batch_size=2, max_new_tokens=8, device="cpu", cache=cache.scoped("x"))
@@ -231,13 +234,41 @@ def test_endpoint_backend_answers_through_the_client_with_errors_per_request_and
         assert body["messages"] == answer_messages(requests[1])
         assert (body["temperature"], body["max_tokens"]) == (0.0, 64)
 
-        # Asked again, every answered request comes from the cache: the server sees nothing.
+        # Asked again, every answered request comes from the cache, with the time it took when it was asked:
+        # the server sees nothing.
         server.reset_stats()
         again = asyncio.run(backend.answer_all(requests))
         assert server.stats.requests == 0
         assert backend.usage.cache_hits == len(requests)
-        assert [answer.text for answer in again] == [answer.text for index, answer in enumerate(answers) if index != 3]
+        answered = [answer for index, answer in enumerate(answers) if index != 3]
+        assert [answer.text for answer in again] == [answer.text for answer in answered]
+        assert all(answer.cached for answer in again) and not any(answer.cached for answer in answers)
+        assert [answer.seconds for answer in again] == [answer.seconds for answer in answered]
+        assert all(answer.seconds > 0 for answer in again)
         cache.close()
+
+
+def test_a_reply_cache_written_before_replies_had_their_seconds_opens_and_keeps_its_replies(tmp_path: Path):
+    path = tmp_path / "replies.sqlite"
+    with sqlite3.connect(path) as old:  # the table as earlier versions created it, with one reply
+        old.execute(
+            "CREATE TABLE replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+        )
+        old.execute("INSERT INTO replies VALUES ('old', 'm', 'an old reply', 3, 4, 0.0)")
+    old.close()
+
+    cache = ReplyCache(path)
+    assert cache.get("old") == CachedReply("an old reply", 3, 4, None)  # kept; its time was never measured
+    cache.put("new", "m", CachedReply("a new reply", 5, 6, 0.5))
+    assert (cache.get("new"), cache.get("old")) == (
+        CachedReply("a new reply", 5, 6, 0.5),
+        CachedReply("an old reply", 3, 4, None),
+    )
+    cache.close()
+    reopened = ReplyCache(path)  # the column is there now: opening again changes nothing
+    assert len(reopened) == 2 and reopened.get("new").seconds == 0.5
+    reopened.close()
 
 
 # -- retrieval -------------------------------------------------------------------------------------------

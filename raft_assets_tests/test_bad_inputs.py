@@ -157,7 +157,7 @@ def test_bad_files_are_rows_with_their_reasons_and_good_files_are_chunked(projec
     assert all(uri in metadata["errors"] for uri in BAD_FILES)
     rate = check(result, "failure_rate_within_bound")
     assert rate.passed
-    assert rate.description == "11 of 13 documents could not be read (85%; the bound is 90%)."
+    assert rate.description.startswith("11 of 13 documents could not be read (85%; the bound is 90%). Most common: 2 ×")
     assert check(result, "has_documents").passed
 
 
@@ -168,7 +168,9 @@ def test_a_failure_rate_over_the_bound_fails_the_check_and_keeps_the_documents_f
     assert not result.success
     rate = check(result, "failure_rate_within_bound")
     assert not rate.passed
-    assert rate.description == "11 of 13 documents could not be read (85%; the bound is 25%)."
+    assert rate.description.startswith(
+        "11 of 13 documents could not be read (85%; the bound is 25%). Most common: 2 × empty file; 1 × "
+    )
     # The materialization and its file hold every reason, for a user to read in the UI; chunks did not run.
     assert materialization(result)["failed"] == len(BAD_FILES)
     assert_reasons(read_stage(project, "documents", "corpus"), BAD_FILES)
@@ -186,7 +188,7 @@ def test_a_50_mb_file_within_max_file_mb_is_read_and_chunked(project, instance, 
     # The same line over and over: a few distinct chunks, every repeat dropped as a duplicate.
     found = assert_chunks_only_from(project, "big", pl.DataFrame([huge]))
     assert found.height >= 1 and found["text"].str.starts_with("Gradient accumulation").all()
-    assert materialization(result, "chunks")["dropped_duplicate"] > 10_000
+    assert materialization(result, "chunks")["merged_duplicates"] > 10_000
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,38 @@ def test_chat_asks_on_stdin_until_exit_without_retrieval(
     out = capsys.readouterr().out
     assert out.count("echo: Question: What is RAFT?") == 1
     assert out.count("Retrieved: none (no retrieval)") == 2
+
+
+def test_an_endpoint_gets_the_chats_own_key_and_never_the_generators(
+    project_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    generator_key, chat_key, flag_key = (f"{name}-key-{uuid.uuid4().hex}" for name in ("generator", "chat", "flag"))
+    monkeypatch.setenv("RAFT_DATA_DIR", str(project_root / "generated"))
+    monkeypatch.setenv("RAFT_LLM_API_KEY", generator_key)
+    monkeypatch.delenv("RAFT_CHAT_API_KEY", raising=False)
+    ask = ["--model", "test-model", "--no-retrieval", "--question", "Which key?"]
+
+    # An endpoint that accepts the generator's key only: without a chat key, the chat sends none, and is refused.
+    with OpenAITestServer(api_key=generator_key) as server:
+        assert main(["chat", "--endpoint", server.base_url, *ask]) == 1
+        assert server.stats.status_counts == {401: 1}
+    refused = capsys.readouterr()
+    assert "Error code: 401" in refused.err
+
+    # The chat's own key from RAFT_CHAT_API_KEY; --api-key wins over the variable.
+    monkeypatch.setenv("RAFT_CHAT_API_KEY", chat_key)
+    with OpenAITestServer(api_key=chat_key) as server:
+        assert main(["chat", "--endpoint", server.base_url, *ask]) == 0
+        assert server.stats.status_counts == {200: 1}
+    from_variable = capsys.readouterr()
+    with OpenAITestServer(api_key=flag_key) as server:
+        assert main(["chat", "--endpoint", server.base_url, "--api-key", flag_key, *ask]) == 0
+        assert server.stats.status_counts == {200: 1}
+    from_flag = capsys.readouterr()
+
+    assert "echo: Question: Which key?" in from_variable.out and "echo: Question: Which key?" in from_flag.out
+    output = "".join(stream for result in (refused, from_variable, from_flag) for stream in (result.out, result.err))
+    assert not [key for key in (generator_key, chat_key, flag_key) if key in output]
 
 
 def test_chat_errors_are_one_line_and_exit_code_2(

@@ -41,7 +41,7 @@ def test_separator_preference_page_rule_then_paragraphs_then_lines():
     ]
 
 
-def test_short_and_duplicate_chunks_are_dropped_and_ids_are_content_hashes():
+def test_short_chunks_are_dropped_repeated_texts_kept_once_with_every_document_and_ids_are_content_hashes():
     unique = " ".join(sentence(i) for i in range(5))
     docs = frame(
         LoadedDocument("a.md", "A", unique),
@@ -50,12 +50,14 @@ def test_short_and_duplicate_chunks_are_dropped_and_ids_are_content_hashes():
         LoadedDocument("d.md", "D", "y" * 101),
         LoadedDocument.failed("e.md", "empty file"),
     )
+    a, b, d = docs["doc_id"][0], docs["doc_id"][1], docs["doc_id"][3]
     result = split_documents(docs, 1000, 100, 100)
     assert result.dropped_short == 1
-    assert result.dropped_duplicate == 1
+    assert result.merged_duplicates == 1
     assert result.chunks["text"].to_list() == [unique, "y" * 101]
     assert result.chunks["chunk_id"].to_list() == [content_hash(unique), content_hash("y" * 101)]
-    assert result.chunks["doc_id"].to_list() == [docs["doc_id"][0], docs["doc_id"][3]]
+    assert result.chunks["doc_ids"].to_list() == [sorted([a, b]), [d]]
+    assert result.chunks["doc_id"].to_list() == [min(a, b), d]  # the smallest: independent of the files' order
 
 
 def test_document_ids_are_stable_and_content_hash_follows_the_text():

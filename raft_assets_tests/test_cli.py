@@ -3,6 +3,7 @@
 import os
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from raft_assets.cli import main
@@ -10,9 +11,16 @@ from raft_assets_tests.conftest import REPO, cli_env, run_cli, write_sources
 
 
 def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
-    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU."""
-    result = run_cli(tmp_path, "--config", str(REPO / "data" / "demo_run_config.yaml"))
+    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU; under umask 022 every file it
+    writes is readable by other users (a vLLM server or a pod of another user on a shared volume)."""
+    umask = os.umask(0o022)
+    try:
+        result = run_cli(tmp_path, "--config", str(REPO / "data" / "demo_run_config.yaml"))
+    finally:
+        os.umask(umask)
     assert result.returncode == 0, result.stdout + result.stderr
+    written = [path for folder in ("generated", "checkpoints") for path in (tmp_path / folder).rglob("*")]
+    assert len(written) > 50 and [p for p in written if not p.is_symlink() and not p.stat().st_mode & 0o004] == []
     for source in ("llama_docs", "pytorch_docs"):
         for asset in ("documents", "chunks", "questions", "cot_answers"):
             assert (tmp_path / "generated" / asset / f"{source}.parquet").is_file()
@@ -47,6 +55,66 @@ def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
     )
     assert reason in result.stdout
     assert "chunks[bad]" in result.stdout and "skipped" in result.stdout
+
+
+def test_a_step_that_raises_prints_the_exception_and_its_cause_without_verbose(tmp_path):
+    """raft_dataset before base_model: the cause is the asset's own exception, not Dagster's wrapper around it."""
+    result = run_cli(
+        tmp_path, "--select", "documents,chunks,questions,cot_answers,raft_dataset", "--source", "llama_docs"
+    )
+    assert result.returncode == 1
+    output = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "✗ step raft_dataset failed: BaseModelMissing: No base model pointer at " in output
+    assert "materialize base_model first." in output
+    assert "DagsterExecutionStepExecutionError" not in output and "Error occurred while executing" not in output
+
+
+TOPICS = ["sharding", "checkpoints", "launchers", "precision", "attention", "batching", "caching", "quantization"]
+
+
+def manual_page(topic: str) -> str:
+    """A page of a Sphinx-built manual: the prose in the body, and the chrome around it."""
+    prose = "\n".join(
+        f"<p>The {topic} guide explains step {i} of the {topic} setup in plain words for new users. "
+        f"Each {topic} option in step {i} is described with its default value and its effect on memory.</p>"
+        for i in range(6)
+    )
+    return (
+        f"<html><head><title>{topic.title()} guide</title></head><body>"
+        f'<div class="body" role="main"><h1>{topic.title()}</h1>{prose}</div>'
+        '<div class="sphinxsidebar" role="navigation"><h3>Navigation</h3><ul><li>Home</li></ul></div>'
+        "</body></html>"
+    )
+
+
+def source_code_page(name: str) -> str:
+    """A page of the manual's source-code view (Sphinx's `_modules/`): code, no prose sentence."""
+    code = "\n".join(
+        f"def {name}_{i}(tensor, rank={i}):\n    return tensor.chunk(world_size)[rank] * {i}" for i in range(20)
+    )
+    return f"<html><head><title>{name}.py</title></head><body><pre>{code}</pre></body></html>"
+
+
+def test_offline_on_html_manual_pages_with_source_code_pages_succeeds_and_names_the_stand_in(tmp_path):
+    folder = tmp_path / "manual"
+    (folder / "_modules").mkdir(parents=True)
+    for topic in TOPICS:
+        (folder / f"{topic}.html").write_text(manual_page(topic), encoding="utf-8")
+    for name in ("shard", "launch", "cache"):
+        (folder / "_modules" / f"{name}.html").write_text(source_code_page(name), encoding="utf-8")
+    sources = write_sources(tmp_path / "sources.yaml", [{"name": "manual", "kind": "local", "path": str(folder)}])
+
+    selection = "documents,chunks,questions,cot_answers,retrieval_index,base_model,raft_dataset,eval_set"
+    result = run_cli(tmp_path, "--select", selection, sources=sources)
+    output = " ".join(result.stdout.split())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the extractive stand-in writes the questions and answers" in output
+    [row] = [line for line in result.stdout.splitlines() if "questions[manual]" in line]
+    assert "materialized" in row and "by the extractive stand-in" in row
+    asked = pl.read_parquet(tmp_path / "generated" / "questions" / "manual.parquet")
+    skipped = asked.filter(pl.col("status") == "skipped")
+    assert skipped.height >= 3 and skipped["error"].str.contains("no prose sentence").all()
+    assert set(asked["status"]) == {"ok", "skipped"}
 
 
 def test_select_and_source_narrow_the_run(tmp_path):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from raft_assets.dataset.builder import DatasetOptions, assign_splits, plan_records, write_dataset
+from raft_assets.dataset.builder import DatasetOptions, assign_splits, plan_records, split_sizes, write_dataset
+from raft_assets.dataset.checks import record_problems
 from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.lengths import TokenLengths
 from raft_assets.dataset.records import (
@@ -44,14 +45,18 @@ def corpus(documents: int = 12, chunks_per_document: int = 3, questions_per_chun
 
 def build(folder: Path, options: DatasetOptions, samples=None, passages=None) -> list[dict]:
     samples, passages = (samples, passages) if samples else corpus()
-    splits = assign_splits(
-        sorted({s.doc_id for s in samples}), options.test_fraction, options.eval_fraction, options.seed
-    )
-    stats = write_dataset(
-        folder, plan_records(samples, passages, splits, options, None), samples, passages, options, None
-    )
-    assert not any(stats.violations.values())
+    splits = splits_of(samples, options)
+    write_dataset(folder, plan_records(samples, passages, splits, options, None), samples, passages, options, None)
+    problems = record_problems(folder / "raft.jsonl", options.num_distractors)
+    assert problems.records and not any(problems.failing.values())
     return [json.loads(line) for line in (folder / "raft.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def splits_of(samples: list[Sample], options: DatasetOptions) -> dict[str, str]:
+    doc_ids = sorted({s.doc_id for s in samples})
+    return assign_splits(
+        doc_ids, options.test_fraction, options.eval_fraction, options.min_split_documents, options.seed
+    )
 
 
 OPTIONS = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random")
@@ -104,8 +109,8 @@ def test_oracle_share_and_refusals_follow_their_probabilities(tmp_path):
 def test_split_by_document_and_train_never_sees_other_splits_text(tmp_path):
     samples, passages = corpus()
     records = build(tmp_path, OPTIONS, samples, passages)
-    splits = assign_splits(sorted({s.doc_id for s in samples}), 0.1, 0.1, 42)
-    assert sorted(splits.values()).count("eval") == 1 and sorted(splits.values()).count("test") == 1
+    splits = splits_of(samples, OPTIONS)
+    assert sorted(splits.values()).count("eval") == 3 and sorted(splits.values()).count("test") == 3
     doc_of = {p.text: p.doc_id for p in passages}
     for record in records:
         assert record["split"] == splits[record["doc_id"]] != "eval"
@@ -114,6 +119,25 @@ def test_split_by_document_and_train_never_sees_other_splits_text(tmp_path):
     train = (tmp_path / "raft_train.jsonl").read_text().count("\n")
     test = (tmp_path / "raft_test.jsonl").read_text().count("\n")
     assert train + test == len(records) and test > 0
+
+
+@pytest.mark.parametrize(
+    ("documents", "fractions", "expected"),  # fractions: (test, eval); expected: (eval, test) documents
+    [
+        (12, (0.1, 0.1), (3, 3)),  # 10% of 12 would be one document each: the minimum of 3 applies
+        (100, (0.1, 0.2), (20, 10)),  # fractions above the minimum are kept
+        (5, (0.1, 0.1), (2, 2)),  # too few documents for 3 + 3 + 1: both shrink, training keeps one
+        (12, (0.1, 0.0), (0, 3)),  # an eval fraction of 0: no eval documents
+    ],
+)
+def test_test_and_eval_get_at_least_three_documents_while_training_keeps_one(documents, fractions, expected):
+    test_fraction, eval_fraction = fractions
+    assert split_sizes(documents, test_fraction, eval_fraction, 3) == expected
+
+
+def test_a_corpus_of_two_documents_cannot_be_split_into_three():
+    with pytest.raises(NotEnoughDocuments, match="2 documents with usable questions cannot be split"):
+        split_sizes(2, 0.1, 0.1, 3)
 
 
 def test_a_corpus_too_small_for_the_distractors_is_a_clear_error(tmp_path):
@@ -144,6 +168,31 @@ def test_distractors_never_contain_the_answer(tmp_path):
     for plan in (plan for plan in plans if plan.sample == 0):
         distractors = [passages[i] for i in plan.passages if i != plan.oracle]
         assert all(answer not in p.text for p in distractors)
+
+
+def test_short_answers_are_kept_out_of_distractors_as_whole_words(tmp_path):
+    samples, passages = corpus()
+    # "8K" is stated by every third document; "128K" (another number) by the others: only the first are excluded.
+    samples[0] = Sample(samples[0].question_id, "What context?", "<ANSWER>: 8K", "8K", "c000", "d00", "src")
+    passages = [
+        Passage(
+            p.chunk_id, p.doc_id, p.title, p.text + (" It reads 8K tokens." if int(p.doc_id[1:]) % 3 == 1 else " 128K.")
+        )
+        for p in passages
+    ]
+    options = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", eval_fraction=0, test_fraction=0)
+    plans = plan_records(samples, passages, {s.doc_id: "train" for s in samples}, options, None)
+    distractors = [passages[i] for plan in plans if plan.sample == 0 for i in plan.passages if i != plan.oracle]
+    assert distractors and all("128K" in p.text for p in distractors)
+
+
+def test_when_every_other_document_holds_the_answer_distractors_still_come(tmp_path):
+    samples, passages = corpus()
+    samples[0] = Sample(samples[0].question_id, "Which model?", "<ANSWER>: Llama 3", "Llama 3", "c000", "d00", "src")
+    passages = [Passage(p.chunk_id, p.doc_id, p.title, p.text + " Llama 3 is used.") for p in passages]
+    options = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", eval_fraction=0, test_fraction=0)
+    plans = plan_records(samples, passages, {s.doc_id: "train" for s in samples}, options, None)
+    assert all(len(plan.passages) == 5 for plan in plans if plan.sample == 0)
 
 
 def test_document_tags_inside_a_passage_are_defused(tmp_path):
@@ -181,7 +230,7 @@ def test_samples_longer_than_the_context_are_dropped_or_truncated(tmp_path, tiny
     ]
     lengths = TokenLengths(tiny_tokenizer, 700)
     options = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", overlength=overlength)
-    splits = assign_splits(sorted({s.doc_id for s in samples}), 0.1, 0.1, 42)
+    splits = splits_of(samples, options)
     plans = plan_records(samples, passages, splits, options, None)
     stats = write_dataset(tmp_path, plans, samples, passages, options, lengths)
     records = [json.loads(line) for line in (tmp_path / "raft.jsonl").read_text().splitlines()]

@@ -260,7 +260,7 @@ def test_the_rendezvous_service_selects_the_fsdp_checkpoint_step_pod(k8s_job):
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 
-def test_vllm_splits_the_model_over_the_eval_pods_gpus(helm_env):
+def test_the_eval_run_config_sets_vllm_tensor_parallelism_to_the_eval_pods_gpus(helm_env):
     vllm = run_config("eval-vllm.yaml")["resources"]["vllm"]["config"]
     assert str(vllm["tensor_parallel_size"]) == helm_env["RAFT_K8S_EVAL_GPUS"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.generation.prompts import load_prompts
@@ -95,7 +96,8 @@ def test_a_partition_completes_under_injected_faults_and_nothing_is_lost(project
     assert sum(m["llm_requests"] for m in generated) == stats.completed
     assert sum(m["llm_prompt_tokens"] for m in generated) == stats.prompt_tokens
     assert sum(m["llm_completion_tokens"] for m in generated) == stats.completion_tokens
-    assert sum(m["llm_http_attempts"] for m in generated) == stats.requests
+    assert sum(m["llm_http_attempts"] for m in generated) == stats.requests - stats.model_listings
+    assert stats.model_listings == 2  # each stage checked the endpoint once before its first request
     assert sum(m["llm_retries"] for m in generated) > 0
     assert generated[0]["generator"] == "test-model"
 
@@ -188,3 +190,85 @@ def test_extractive_generator_runs_offline(project, instance, tmp_path):
     answers = read(project, "cot_answers")
     assert answers["quotes_ok"].all()
     assert all("##begin_quote##" in text and "<ANSWER>:" in text for text in answers["cot_answer"])
+
+
+def step_failure(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = result.get_step_failure_events()
+    return failure.step_failure_data.user_failure_data.description
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("server_options", "llm_options", "reason"),
+    [
+        (
+            {"models": ["meta-llama/Meta-Llama-3-70B-Instruct"]},
+            {},
+            "does not serve the model 'test-model'; it serves: meta-llama/Meta-Llama-3-70B-Instruct",
+        ),
+        ({"api_key": "the-servers-key"}, {"api_key": "a-wrong-key"}, "refused the API key (HTTP 401)"),
+    ],
+)
+def test_a_wrong_model_or_key_stops_questions_before_any_chat_request(
+    project, instance, tmp_path, server_options, llm_options, reason
+):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    with OpenAITestServer(raft_responder, **server_options) as server:
+        result = materialize(project, instance, endpoint(server, **llm_options))
+        stats = server.stats
+    assert not result.success
+    assert reason in step_failure(result) and "questions[docs]: the generator endpoint cannot be used" in step_failure(
+        result
+    )
+    assert stats.requests == 1 and stats.completed == 0  # the check of the endpoint, and not one chat request
+    assert not project.stage_file("questions", "docs").exists()
+    assert "a-wrong-key" not in step_failure(result)
+
+
+def test_an_unreachable_endpoint_stops_questions_naming_it(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    result = materialize(project, instance, LLMResource(base_url=url, model="test-model"))
+    assert not result.success
+    assert f"{url} cannot be reached: connection failed: Cannot connect to host" in step_failure(result)
+    assert not project.stage_file("questions", "docs").exists()
+
+
+def test_a_rerun_from_the_cache_needs_no_endpoint(project, instance, tmp_path):
+    """Only a stage that sends requests checks the endpoint: one whose replies are all cached runs without it."""
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    with OpenAITestServer(raft_responder) as server:
+        assert materialize(project, instance, endpoint(server)).success
+        url = server.base_url
+    result = materialize(project, instance, LLMResource(base_url=url, model="test-model"))
+    assert result.success and metadata(result, "questions")["llm_cache_hits"] > 0
+
+
+def failed_check(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetCheckEvaluation:
+    [check] = [e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(asset)]
+    assert not check.passed
+    return check
+
+
+def test_the_questions_failure_rate_check_fails_and_quotes_the_most_common_errors(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    with OpenAITestServer(raft_responder, faults={"http_500": 1.0}) as server:
+        result = materialize(project, instance, endpoint(server, max_retries=0))
+    description = failed_check(result, "questions").description
+    assert description.startswith("100.0% of items failed; the bound is 10%. Most common: 6 × HTTP 500")
+
+
+def test_the_answers_failure_rate_check_fails_on_replies_without_an_answer(project, instance, tmp_path):
+    setup_source(project, instance, write_corpus(tmp_path / "corpus", 3))
+    with OpenAITestServer(raft_responder, faults={"no_answer_tag": 1.0}) as server:  # questions have no tag to lose
+        result = materialize(project, instance, endpoint(server))
+    assert all(e.passed for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("questions"))
+    description = failed_check(result, "cot_answers").description
+    assert description.endswith("the bound is 10%. Most common: 27 × no usable reply in 3 attempts.")  # every answer

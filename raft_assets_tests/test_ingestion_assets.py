@@ -53,7 +53,7 @@ def test_documents_and_chunks_write_parquet_with_metadata(project, instance, tmp
     assert docs.filter(pl.col("error").is_not_null())["uri"].to_list() == ["broken.pdf"]
 
     found = pl.read_parquet(project.stage_file("chunks", "docs"))
-    assert found.columns == ["chunk_id", "doc_id", "source", "position", "text"]
+    assert found.columns == ["chunk_id", "doc_id", "source", "position", "text", "doc_ids"]
     assert found["text"].str.len_chars().max() <= 400
     assert set(found["doc_id"]) == set(docs.filter(pl.col("error").is_null())["doc_id"])
 

@@ -268,10 +268,12 @@ def step_lines(log: Path) -> list[int]:
 
 
 def without_timings(value):
+    """The report without what differs between a resumed run and an uninterrupted one: times, which answers came
+    from the cache (the resumed run's killed part did), and the note that counts them."""
     if isinstance(value, dict):
-        return {key: without_timings(item) for key, item in value.items() if "seconds" not in key}
+        return {key: without_timings(item) for key, item in value.items() if "seconds" not in key and key != "cached"}
     if isinstance(value, list):
-        return [without_timings(item) for item in value]
+        return [without_timings(item) for item in value if not (isinstance(item, str) and "from the cache" in item)]
     return value
 
 

@@ -171,7 +171,7 @@ def test_nearest_other_documents_match_brute_force(margin: int):
 
 def write_chunks(project: ProjectPaths, source: str, texts: dict[str, list[str]]) -> None:
     rows = [
-        (content_hash(text), f"{source}-{doc}", source, position, text)
+        (content_hash(text), f"{source}-{doc}", source, position, text, [f"{source}-{doc}"])
         for doc, doc_texts in texts.items()
         for position, text in enumerate(doc_texts)
     ]

@@ -396,7 +396,7 @@ def test_yaml_files_are_read_with_the_safe_loader(tmp_path, what):
 # --- commands are argument lists: metacharacters in paths and names are never run -----------------------
 
 
-def test_the_vllm_server_gets_a_hostile_path_and_name_as_single_arguments(tmp_path, monkeypatch):
+def test_a_stand_in_vllm_server_gets_a_hostile_path_and_name_as_single_arguments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a shell would create `pwned` here
     stand_in = tmp_path / "vllm"
     stand_in.write_text(STAND_IN.format(python=sys.executable), encoding="utf-8")

@@ -1,7 +1,8 @@
 """The training script for real: torchrun with 2 processes, gloo, FSDP2 and DCP checkpoints on the tiny model.
 
 One uninterrupted run (launched through Dagster Pipes) is the reference: its loss goes down on a repeated
-batch, its shards are on disk, its final metadata comes back through Pipes. A second run of the same config is
+batch, its shards are on disk, each checkpoint holds the probe record of the weights it saved, its final
+metadata comes back through Pipes. A second run of the same config is
 SIGKILLed (launcher and workers) after its first checkpoint and started again: it resumes where the
 checkpoint left off and ends with the same weights. A LoRA run trains only the adapter.
 """
@@ -18,13 +19,16 @@ import dagster as dg
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raft_assets.training.base_model import TINY, build_tiny_model
 from raft_assets.training.checkpoint import (
     LATEST_FILE,
     PARAMS_FILE,
+    PROBE_FILE,
+    PROBE_TEXT,
     STATE_FILE,
+    Probe,
     TrainParams,
     latest_checkpoint,
     load_into_model,
@@ -33,7 +37,9 @@ from raft_assets.training.checkpoint import (
     read_metrics,
     read_trainer_state,
     saved_model_keys,
+    token_logprobs,
 )
+from raft_assets.training.export import trained_model
 from raft_assets_tests.test_training_data import DATA, records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +142,8 @@ def test_training_lowers_the_loss_and_writes_sharded_checkpoints(full_run):
     assert (output_dir / LATEST_FILE).read_text().strip() == "step_000006"
     for step in (2, 4, 6):
         folder = output_dir / f"step_{step:06d}"
-        assert {p.name for p in folder.iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp", STATE_FILE}
+        files = {p.name for p in folder.iterdir()}
+        assert files == {".metadata", "__0_0.distcp", "__1_0.distcp", STATE_FILE, PROBE_FILE}
     assert not list(output_dir.glob(".*partial"))
     assert read_trainer_state(output_dir / "step_000006")["step"] == STEPS
     keys = saved_model_keys(output_dir / "step_000006")
@@ -154,6 +161,22 @@ def test_training_lowers_the_loss_and_writes_sharded_checkpoints(full_run):
     curve = metadata["loss_curve"].value
     assert [point["step"] for point in curve] == list(range(1, STEPS + 1))
     assert curve[2]["val_loss"] == pytest.approx(metrics[2]["val_loss"])
+
+
+def test_each_checkpoint_records_what_its_weights_compute_on_the_probe_text(full_run, inputs):
+    output_dir, _ = full_run
+    params = load_params(output_dir)
+    probe_ids = AutoTokenizer.from_pretrained(inputs["base_model"])(PROBE_TEXT)["input_ids"]
+    records = {}
+    for step in (2, 4, 6):
+        folder = output_dir / f"step_{step:06d}"
+        record = records[step] = Probe.load(folder)
+        assert (record.text, record.input_ids, record.dtype) == (PROBE_TEXT, probe_ids, "float32")
+        assert len(record.token_logprobs) == len(probe_ids) - 1
+        # the sharded model in training and the weights loaded from the shards in one process agree
+        unsharded = token_logprobs(trained_model(params, folder).eval(), probe_ids)
+        torch.testing.assert_close(torch.tensor(record.token_logprobs), unsharded, rtol=0, atol=1e-4)
+    assert records[2].token_logprobs != records[6].token_logprobs  # each records its own weights
 
 
 def descendants(pid: int) -> list[int]:

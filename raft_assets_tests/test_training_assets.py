@@ -1,37 +1,83 @@
-"""`fsdp_checkpoint` (real torchrun, 2 processes, gloo) and `hf_checkpoint`, materialized by Dagster."""
+"""`fsdp_checkpoint` (real torchrun, 2 processes, gloo) and `hf_checkpoint`, materialized by Dagster.
 
+A full fine-tune (under umask 022) and a LoRA one (under umask 027) are trained once each and exported; the
+tests read what they wrote. The export's check `matches_training` passes on both, and fails on a copy of the
+full run whose shards had two decoder layers swapped, and on one without its probe record.
+"""
+
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
+from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raft_assets.training.assets import fsdp_checkpoint, hf_checkpoint
+from raft_assets.resources.paths import ProjectPaths
+from raft_assets.training.assets import LATEST_RUN, fsdp_checkpoint, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
+from raft_assets.training.checkpoint import PROBE_FILE, latest_checkpoint
 from raft_assets_tests.conftest import run_assets
+from raft_assets_tests.test_file_modes import expected_modes, modes, umask
+
+
+@dataclass(frozen=True)
+class FineTune:
+    trained: dict  # fsdp_checkpoint's metadata
+    exported: dict  # hf_checkpoint's metadata
+    check: dg.AssetCheckEvaluation  # matches_training
+    written: dict[Path, dict[str, int]]  # the modes of the run's folder and the export's, right after writing
 
 
 def metadata(result, asset: str) -> dict:
     return {key: value.value for key, value in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
 
-def fine_tune(project, instance, **settings):
+def matches_training(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (check,) = [check for check in result.get_asset_check_evaluations() if check.check_name == "matches_training"]
+    return check
+
+
+def fine_tune(project, instance, **settings) -> FineTune:
     config = {"fsdp_checkpoint": {"config": {"save_every_steps": 2, "context_length": 2048, **settings}}}
     result = run_assets(project, instance, [fsdp_checkpoint, hf_checkpoint], config=config)
-    return metadata(result, "fsdp_checkpoint"), metadata(result, "hf_checkpoint")
+    trained, exported = metadata(result, "fsdp_checkpoint"), metadata(result, "hf_checkpoint")
+    folders = (Path(trained["path"]), Path(exported["path"]))
+    return FineTune(trained, exported, matches_training(result), {folder: modes(folder) for folder in folders})
 
 
-def test_fine_tune_export_and_generate(sample_pipeline):
+@pytest.fixture(scope="module")
+def full_tune(sample_pipeline) -> FineTune:
     project, instance, _ = sample_pipeline
-    trained, exported = fine_tune(project, instance, max_steps=3)
+    with umask(0o022):
+        return fine_tune(project, instance, max_steps=3)
+
+
+@pytest.fixture(scope="module")
+def lora_tune(sample_pipeline) -> FineTune:
+    project, instance, _ = sample_pipeline
+    with umask(0o027):
+        return fine_tune(project, instance, max_steps=2, method="lora", lr=1e-3)
+
+
+def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
+    project, instance, _ = sample_pipeline
+    trained, exported = full_tune.trained, full_tune.exported
     run_dir = Path(trained["path"])
     assert trained["steps"] == 3 and [point["step"] for point in trained["loss_curve"]] == [1, 2, 3]
     assert trained["processes"] == 2 and not trained["resumed"]
-    assert {p.name for p in (run_dir / "step_000003").iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert {p.name for p in (run_dir / "step_000003").iterdir()} >= {".metadata", "__0_0.distcp", PROBE_FILE}
     assert (run_dir / "train_params.yaml").is_file()
 
-    # The export is lossless, loads with transformers, and generates with its own chat template.
-    assert exported["max_logit_diff"] == 0.0 and exported["from_checkpoint"] == "step_000003"
+    # The export computes what the sharded model computed in training, loads with transformers, and generates
+    # with its own chat template.
+    assert full_tune.check.passed, full_tune.check.description
+    assert exported["max_logprob_diff_vs_training"] < 1e-4 and exported["max_logprob_diff_vs_fp32"] == 0.0
+    assert exported["dtype"] == "float32" and exported["from_checkpoint"] == "step_000003"
     hf = Path(exported["path"])
     model = AutoModelForCausalLM.from_pretrained(hf)
     tokenizer = AutoTokenizer.from_pretrained(hf)
@@ -47,13 +93,19 @@ def test_fine_tune_export_and_generate(sample_pipeline):
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # training changed the weights
 
     # The same settings again: the run folder is the same, and the finished run is resumed, not redone.
-    again, _ = fine_tune(project, instance, max_steps=3)
-    assert again["path"] == trained["path"] and again["resumed"]
+    again = fine_tune(project, instance, max_steps=3)
+    assert again.trained["path"] == trained["path"] and again.trained["resumed"]
 
 
-def test_lora_weights_are_merged_into_the_export(sample_pipeline):
-    project, instance, _ = sample_pipeline
-    _, exported = fine_tune(project, instance, max_steps=2, method="lora", lr=1e-3)
+def test_the_run_and_its_export_are_readable_by_others_under_umask_022(full_tune):
+    for folder, written in full_tune.written.items():
+        assert written == expected_modes(folder, 0o022)  # files 0644, folders 0755
+    assert full_tune.written[Path(full_tune.exported["path"])]["model.safetensors"] & 0o004
+
+
+def test_lora_weights_are_merged_into_the_export(lora_tune, sample_pipeline):
+    project, _, _ = sample_pipeline
+    exported = lora_tune.exported
     with safe_open(Path(exported["path"]) / "model.safetensors", framework="pt") as weights:
         names = list(weights.keys())
     assert names and not any("lora" in name for name in names)
@@ -63,3 +115,86 @@ def test_lora_weights_are_merged_into_the_export(sample_pipeline):
     assert changed and all(
         name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")) for name in changed
     )
+    # the merged weights compute what the trained base-plus-adapter model did
+    assert lora_tune.check.passed, lora_tune.check.description
+    assert exported["max_logprob_diff_vs_training"] < 1e-4
+
+
+def test_the_run_and_its_export_are_not_readable_by_others_under_umask_027(lora_tune):
+    for folder, written in lora_tune.written.items():
+        assert written == expected_modes(folder, 0o027)  # files 0640, folders 0750
+
+
+# --- the check on planted defects ------------------------------------------------------------------------
+
+
+def copy_run(run_dir: Path, checkpoint_dir: Path) -> Path:
+    """A copy of a fine-tuning run as the only (and latest) run of another checkpoint folder."""
+    copy = checkpoint_dir / "fsdp" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (checkpoint_dir / "fsdp" / LATEST_RUN).write_text(run_dir.name)
+    return copy
+
+
+def export(checkpoint_dir: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """`hf_checkpoint` alone, as Dagster runs it; a failed check fails the run instead of raising."""
+    paths = ProjectPaths(checkpoint_dir=str(checkpoint_dir))
+    return dg.materialize([hf_checkpoint], instance=instance, resources={"paths": paths}, raise_on_error=False)
+
+
+def swap_layers(step_folder: Path, first: int, second: int) -> None:
+    """Rewrite a DCP checkpoint's model weights with two decoder layers' tensors swapped, keeping the probe
+    record (the optimizer state, which the export does not read, is left out)."""
+    entries = FileSystemReader(str(step_folder)).read_metadata().state_dict_metadata
+    weights = {
+        key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
+        for key, entry in entries.items()
+        if key.startswith("model.")
+    }
+    dcp.load({"model": weights}, checkpoint_id=str(step_folder), no_dist=True)
+    prefixes = {
+        f"model.layers.{first}.": f"model.layers.{second}.",
+        f"model.layers.{second}.": f"model.layers.{first}.",
+    }
+
+    def swapped(name: str) -> str:
+        for old, new in prefixes.items():
+            if name.startswith(old):
+                return new + name.removeprefix(old)
+        return name
+
+    for shard in [step_folder / ".metadata", *step_folder.glob("*.distcp")]:
+        shard.unlink()
+    dcp.save(
+        {"model": {swapped(name): tensor for name, tensor in weights.items()}},
+        checkpoint_id=str(step_folder),
+        no_dist=True,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # DCP in one process, as meant
+def test_matches_training_fails_when_two_layers_are_swapped_in_the_shards(full_tune, instance, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    run = copy_run(Path(full_tune.trained["path"]), checkpoints)
+    untouched = export(checkpoints, instance)
+    assert untouched.success and matches_training(untouched).passed  # the copy itself exports fine
+
+    swap_layers(latest_checkpoint(run), 0, 1)
+    swapped = export(checkpoints, instance)
+    check = matches_training(swapped)
+    assert not swapped.success and not check.passed
+    assert check.metadata["max_logprob_diff_vs_training"].value > 1e-2, check.description
+    assert "differ from the trained model's by at most" in check.description
+    # the export itself was written: the check, not a crash, stopped the run
+    assert (checkpoints / "hf" / run.name / "model.safetensors").is_file()
+
+
+def test_matches_training_fails_with_its_reason_for_a_checkpoint_without_a_probe_record(full_tune, instance, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    run = copy_run(Path(full_tune.trained["path"]), checkpoints)
+    (latest_checkpoint(run) / PROBE_FILE).unlink()  # as a training script older than the record saved it
+    result = export(checkpoints, instance)
+    check = matches_training(result)
+    assert not result.success and not check.passed
+    assert f"step_000003 of run {run.name} has no probe record (probe.json)" in check.description
+    assert "materialize fsdp_checkpoint" in check.description

@@ -141,7 +141,9 @@ def test_packing_keeps_samples_whole_and_separate(tokenizer):
     assert pack(samples, context).blocks == packing.blocks  # deterministic
 
 
-def test_packed_logits_and_loss_equal_those_of_each_sample_alone(tiny_path, tokenizer):
+def test_packed_logits_and_loss_equal_each_sample_alone_with_masks_and_with_flash_style_inputs_on_sdpa(
+    tiny_path, tokenizer
+):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa").eval()
     samples = [tokenize_sample(tokenizer, record) for record in records(3, seed=3, documents=1, chars=200)]
     block = Block()

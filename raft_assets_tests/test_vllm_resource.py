@@ -158,7 +158,7 @@ def test_full_command_and_its_redacted_form():
     assert redacted([*command, *extra]) == [*command, "--api-key", "REDACTED", "--api-key=REDACTED"]
 
 
-def test_serve_waits_until_ready_and_stops_the_server(stand_in, tmp_path, caplog):
+def test_serve_waits_until_a_stand_in_server_is_ready_and_stops_it(stand_in, tmp_path, caplog):
     pid_file = tmp_path / "pids.json"
     resource = VLLMResource(
         executable=stand_in, port=0, api_key="s3cret", extra_args=["--delay", "1", "--pid-file", str(pid_file)]
@@ -180,7 +180,7 @@ def test_serve_waits_until_ready_and_stops_the_server(stand_in, tmp_path, caplog
     assert "s3cret" not in repr(served)
 
 
-def test_the_server_stops_when_the_block_raises(stand_in, tmp_path):
+def test_a_stand_in_server_stops_when_the_block_raises(stand_in, tmp_path):
     pid_file = tmp_path / "pids.json"
     resource = VLLMResource(
         executable=stand_in,
@@ -196,7 +196,7 @@ def test_the_server_stops_when_the_block_raises(stand_in, tmp_path):
     assert all_gone(json.loads(pid_file.read_text()))
 
 
-def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(stand_in, tmp_path):
+def test_a_stand_in_server_that_ignores_sigterm_is_killed_after_the_grace_period(stand_in, tmp_path):
     pid_file = tmp_path / "pids.json"
     resource = VLLMResource(
         executable=stand_in,
@@ -209,7 +209,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(stand_in
     assert all_gone(pids)
 
 
-def test_a_server_that_exits_fails_fast_with_its_output(stand_in):
+def test_a_stand_in_server_that_exits_fails_fast_with_its_output(stand_in):
     resource = VLLMResource(executable=stand_in, port=0, extra_args=["--crash"])
     with (
         pytest.raises(dg.Failure, match=r"exited with code 1(.|\n)*CUDA out of memory while loading m"),
@@ -218,7 +218,7 @@ def test_a_server_that_exits_fails_fast_with_its_output(stand_in):
         pytest.fail("the block must not run")
 
 
-def test_a_server_that_never_gets_ready_times_out(stand_in, tmp_path):
+def test_a_stand_in_server_that_never_gets_ready_times_out(stand_in, tmp_path):
     pid_file = tmp_path / "pids.json"
     resource = VLLMResource(
         executable=stand_in, port=0, startup_timeout_s=1.5, extra_args=["--never-ready", "--pid-file", str(pid_file)]
@@ -261,7 +261,7 @@ def running_server() -> Iterator[str]:
     server.server_close()
 
 
-def test_attach_starts_nothing_and_checks_the_server(running_server, tmp_path):
+def test_attach_starts_nothing_and_checks_a_stand_in_server(running_server, tmp_path):
     never_run = str(tmp_path / "not-vllm")  # starting anything would fail with "cannot run"
     resource = VLLMResource(executable=never_run, attach_url=running_server + "/", served_model_name="raft-8b")
     with resource.serve("checkpoints/hf/run1") as served:

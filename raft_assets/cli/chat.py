@@ -2,6 +2,8 @@
 
 The model is the newest fine-tuned checkpoint (`<RAFT_CHECKPOINT_DIR>/hf/latest_run`), another checkpoint folder,
 or an OpenAI-compatible endpoint. It is prompted exactly as in fine-tuning (`answering.answer_messages`).
+An endpoint gets the chat's own key (`--api-key`, else RAFT_CHAT_API_KEY), never the generator's RAFT_LLM_API_KEY:
+the endpoint is whatever URL the user names, not the one the key was issued for.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from raft_assets.training.assets import LATEST_RUN
 from raft_assets.training.base_model import missing_files
 
 EXIT_WORDS = {"exit", "quit"}
+CHAT_KEY_VARIABLE = "RAFT_CHAT_API_KEY"
 Answerer = Callable[[AnswerRequest], Iterator[str]]
 
 
@@ -46,9 +49,18 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Hugging Face checkpoint folder (default: the newest fine-tuned)",
     )
     model.add_argument(
-        "--endpoint", metavar="URL", help="an OpenAI-compatible endpoint instead (key: RAFT_LLM_API_KEY if set)"
+        "--endpoint",
+        metavar="URL",
+        help=f"an OpenAI-compatible endpoint instead (its key: {CHAT_KEY_VARIABLE} or --api-key; default none)",
     )
     parser.add_argument("--model", metavar="NAME", help="the model to ask the endpoint for (with --endpoint)")
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"the endpoint's key (with --endpoint); prefer the variable {CHAT_KEY_VARIABLE}, since every user of "
+        "the machine can read a command line (ps). The flag wins over the variable; the generator's "
+        "RAFT_LLM_API_KEY is never sent",
+    )
     parser.add_argument("--question", metavar="TEXT", help="answer this question and exit (default: ask on stdin)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="chunks retrieved per question (default 5)")
     parser.add_argument("--no-retrieval", action="store_true", help="answer without context (no documents)")
@@ -104,8 +116,13 @@ def checkpoint_answerer(args: argparse.Namespace, paths: ProjectPaths) -> Answer
     return TransformersBackend(folder, batch_size=1, max_new_tokens=args.max_new_tokens, device=args.device).stream
 
 
+def endpoint_key(args: argparse.Namespace) -> str:
+    """The chat endpoint's own key: --api-key, else RAFT_CHAT_API_KEY, else none ("EMPTY")."""
+    return args.api_key or os.environ.get(CHAT_KEY_VARIABLE) or "EMPTY"
+
+
 def endpoint_answerer(args: argparse.Namespace) -> Answerer:
-    llm = LLMResource(base_url=args.endpoint, model=args.model, api_key=os.environ.get("RAFT_LLM_API_KEY") or "EMPTY")
+    llm = LLMResource(base_url=args.endpoint, model=args.model, api_key=endpoint_key(args))
     return lambda request: stream_endpoint(llm, request, args.max_new_tokens)
 
 

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from raft_assets.automation.sensors import partition_changes
 from raft_assets.definitions import defs
+from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.generation.extractive import STAND_IN_NOTE
 from raft_assets.ingestion.sources import SourcesError
 from raft_assets.instance import fail_dead_runs, local_instance, runner_tags
 from raft_assets.partitions import doc_sources
@@ -24,6 +26,9 @@ from raft_assets.resources.paths import ProjectPaths
 
 console = Console()
 STATUS_STYLE = {"materialized": "green", "check failed": "red", "failed": "red", "skipped": "yellow"}
+DAGSTER_WRAPPERS = {"DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"}  # around the asset's error
+CHECK_FAILED = "DagsterAssetCheckFailedError"  # a step stopped by a failed blocking check
+GENERATED = {questions.key, cot_answers.key}  # what the extractive stand-in writes when no endpoint is set
 
 
 class RunError(Exception):
@@ -39,6 +44,7 @@ class Outcome:
     status: str  # a key of STATUS_STYLE
     rows: int | None = None
     path: str | None = None
+    note: str | None = None
 
     @property
     def label(self) -> str:
@@ -101,6 +107,8 @@ def materialize(
     global_keys = [key for key in ordered if asset_graph.get(key).partitions_def is None]
 
     report = RunReport([], [])
+    if keys & GENERATED and not generator_configured(config):
+        console.print(f"[yellow]![/yellow] {escape(STAND_IN_NOTE[0].upper() + STAND_IN_NOTE[1:])}.")
     partition_keys = sync_partitions(instance, ProjectPaths.from_env(), only=sources) if per_source else []
     for partition_key in partition_keys:
         console.print(f"[bold]▶[/bold] {names(per_source)} for source {escape(partition_key)}")
@@ -111,6 +119,12 @@ def materialize(
         console.print(f"[bold]▶[/bold] {names(global_keys)}")
         add_result(report, execute(instance, global_keys, config, verbose), global_keys, None)
     return report
+
+
+def generator_configured(config: dict[str, Any]) -> bool:
+    """Whether the `llm` resource has an endpoint: from the run config, or from RAFT_LLM_BASE_URL."""
+    llm_config = (config.get("resources") or {}).get("llm", {}).get("config", {})
+    return bool(llm_config.get("base_url") or defs.resources["llm"].base_url)
 
 
 def execute(
@@ -179,16 +193,16 @@ def add_result(
         if event.is_step_failure:
             failed_steps.add(event.step_key)
             error = event.step_failure_data.error
-            report.problems.append(
-                f"step {event.step_key}{where} failed: {error.message.strip() if error else 'unknown error'}"
-            )
+            if error is None or error.cls_name != CHECK_FAILED:  # else the failed check's own line says why
+                report.problems.append(f"step {event.step_key}{where} failed: {failure_reason(event)}")
     failed_checks = set()
+    asset_graph = defs.resolve_asset_graph()
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             failed_checks.add(evaluation.asset_key)
-            reason = f": {evaluation.description}" if evaluation.description else ""
+            reason = evaluation.description or asset_graph.get_check_spec(evaluation.asset_check_key).description
             report.problems.append(
-                f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{where} failed{reason}"
+                f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}{where} failed: {reason}"
             )
     materializations = {event.asset_key: event.materialization for event in result.get_asset_materialization_events()}
     for key in keys:
@@ -206,8 +220,27 @@ def add_result(
                 "check failed" if key in failed_checks else "materialized",
                 rows=rows.value if rows else None,
                 path=display_path(path.value) if path else None,
+                note="by the extractive stand-in" if "stand_in" in materialization.metadata else None,
             )
         )
+
+
+def failure_reason(step_failure: dg.DagsterEvent) -> str:
+    """Why a step failed, without --verbose: a dg.Failure's description, or else the exception the asset raised
+    and what caused it (`Type: message`, each cause after a ←), without Dagster's wrapper around them."""
+    failure = step_failure.step_failure_data
+    if failure.user_failure_data is not None and failure.user_failure_data.description:
+        return failure.user_failure_data.description
+    chain = []
+    error = failure.error
+    while error is not None:
+        if error.cls_name not in DAGSTER_WRAPPERS:
+            text = error.message.strip()
+            # `message` starts with the qualified class name (`raft_assets.training.base_model.BaseModelMissing: ...`)
+            text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith(error.cls_name) else text
+            chain.append(f"{error.cls_name}: {text}")
+        error = error.cause
+    return " ← ".join(chain) or "unknown error"
 
 
 def display_path(path: str) -> str:
@@ -218,7 +251,7 @@ def display_path(path: str) -> str:
 
 def print_summary(report: RunReport, seconds: float, instance: dg.DagsterInstance) -> None:
     table = Table(title=f"raft-assets run: {len(report.outcomes)} materializations planned, {seconds:.1f} s")
-    for column in ("asset", "status", "rows", "file"):
+    for column in ("asset", "status", "rows", "file", "note"):
         table.add_column(column, overflow="fold")
     for outcome in report.outcomes:
         table.add_row(
@@ -226,6 +259,7 @@ def print_summary(report: RunReport, seconds: float, instance: dg.DagsterInstanc
             f"[{STATUS_STYLE[outcome.status]}]{outcome.status}[/]",
             "-" if outcome.rows is None else str(outcome.rows),
             escape(outcome.path or "-"),
+            escape(outcome.note or ""),
         )
     console.print(table)
     for problem in report.problems:

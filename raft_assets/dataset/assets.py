@@ -1,34 +1,45 @@
-"""The unpartitioned dataset assets over every source: `raft_dataset` and `eval_set`."""
+"""The unpartitioned dataset assets over every source: `raft_dataset` and `eval_set`, and their checks.
+
+The checks are asset checks of their own, run after the files are written and reading them back
+(`dataset/checks.py`), so they verify what a trainer or an evaluator will read, not the plan that wrote it.
+"""
 
 import json
 import os
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from raft_assets.dataset.builder import (
+    FEW_DOCUMENTS,
     FILES,
+    SPLITS,
+    SPLITS_FILE,
     DatasetOptions,
     assign_splits,
     percentiles,
     plan_records,
+    training_documents_needed,
     write_dataset,
 )
+from raft_assets.dataset.checks import EXAMPLES, SplitContents, describe_overlaps, overlaps, record_problems
 from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
-from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, without_document_tags
+from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, question_key, without_document_tags
 from raft_assets.files import write_text_atomically
 from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.generation.parsing import normalized
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks, documents
+from raft_assets.ingestion.corpus import read_corpus
 from raft_assets.partitions import doc_sources, every_source
 from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import retrieval_index
+from raft_assets.retrieval.assets import index_folder, retrieval_index
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.storage import (
     column_schema,
@@ -40,6 +51,18 @@ from raft_assets.storage import (
 )
 from raft_assets.training.assets import base_model
 from raft_assets.training.base_model import load_tokenizer, read_pointer
+
+NUM_DISTRACTORS = "num_distractors"  # raft_dataset's metadata: what its records check expects
+
+
+def dataset_folder(paths: ProjectPaths) -> Path:
+    """`<data_dir>/raft`: the RAFT files (`FILES`) and the split of every sample (`SPLITS_FILE`)."""
+    return Path(paths.data_dir) / "raft"
+
+
+def eval_set_file(paths: ProjectPaths) -> Path:
+    return Path(paths.data_dir) / "eval" / "eval_set.json"
+
 
 # eval_set.json as a table (each item has more fields; these are the ones a reviewer reads).
 EVAL_SCHEMA = {"id": pl.String, "question": pl.String, "answer": pl.String, "source": pl.String}
@@ -53,8 +76,21 @@ EVAL_COLUMNS = {
 
 class RaftDatasetConfig(dg.Config):
     num_distractors: int = Field(default=4, ge=1, description="Distractor documents per record.")
-    p: float = Field(default=0.8, ge=0, le=1, description="Probability that the oracle is among the documents.")
-    refusal_p: float = Field(default=0.05, ge=0, le=1, description="Probability of an extra refusal record.")
+    p: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Probability that the oracle is among the documents (the RAFT paper's P; the reference always "
+        "includes it). A record without its oracle keeps the full answer: the model learns to answer from memory, "
+        "as in the paper, where a refusal record (refusal_p) teaches it to refuse in the same situation.",
+    )
+    refusal_p: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Probability of an extra refusal record: the oracle replaced by a distractor, the answer "
+        "`refusal_answer` (as the reference). It pulls the other way from p < 1's records without their oracle.",
+    )
     refusal_answer: str = REFUSAL_ANSWER
     distractors: Literal["random", "hard", "mixed"] = Field(
         default="mixed", description="random (the reference), hard (nearest chunks by embedding) or half of each."
@@ -62,6 +98,12 @@ class RaftDatasetConfig(dg.Config):
     seed: int = 42
     test_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of documents whose questions test.")
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of documents reserved for the eval set.")
+    min_split_documents: int = Field(
+        default=FEW_DOCUMENTS,
+        ge=1,
+        description="Fewest documents for test and for eval (when their fraction is not 0) while training keeps one; "
+        "a split with fewer is warned about.",
+    )
     require_quotes_ok: bool = Field(default=True, description="Use only answers whose quotes were found.")
     context_length: int | None = Field(default=None, gt=0, description="Default: the base model's context length.")
     overlength: Literal["drop", "truncate"] = "drop"
@@ -77,6 +119,7 @@ class RaftDatasetConfig(dg.Config):
             seed=self.seed,
             test_fraction=self.test_fraction,
             eval_fraction=self.eval_fraction,
+            min_split_documents=self.min_split_documents,
             overlength=self.overlength,
         )
 
@@ -93,34 +136,35 @@ class EvalSetConfig(dg.Config):
 def load_samples(
     paths: ProjectPaths, sources: list[str], require_quotes_ok: bool
 ) -> tuple[list[Sample], list[Passage]]:
-    """Answered questions (sorted by id) and every chunk (with its document's title)."""
+    """One sample per distinct question (sorted by id), and every distinct chunk with its canonical document.
+
+    The same question asked under two sources (the same chunk text in both) or about two chunks is one sample:
+    the first by question_id. Its document and source are its chunk's canonical ones (`read_corpus`).
+    """
     answers = read_all_partitions(paths.data_dir, "cot_answers", sources).filter(pl.col("status") == "ok")
     if require_quotes_ok:
         answers = answers.filter(pl.col("quotes_ok"))
-    asked = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "question", "chunk_id", "doc_id"])
-    chunk_frame = read_all_partitions(paths.data_dir, "chunks", sources, ["chunk_id", "doc_id", "source", "text"])
-    titles = read_all_partitions(paths.data_dir, "documents", sources, ["doc_id", "title"])
+    asked = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "question", "chunk_id"])
+    corpus = read_corpus(paths.data_dir, sources)
     rows = (
-        answers.join(asked, on="question_id")
-        .join(chunk_frame.select("chunk_id", "source"), on="chunk_id")
+        answers.unique("question_id", keep="first")
+        .join(asked.unique("question_id", keep="first"), on="question_id")
+        .join(corpus.select("chunk_id", "doc_id", "source"), on="chunk_id")
         .sort("question_id")
     )
-    samples = [
-        Sample(
-            r["question_id"],
-            without_document_tags(r["question"]),
-            r["cot_answer"],
-            r["answer"],
-            r["chunk_id"],
-            r["doc_id"],
-            r["source"],
+    samples, seen = [], set()
+    for r in rows.iter_rows(named=True):
+        key = question_key(r["question"])
+        if key in seen:
+            continue
+        seen.add(key)
+        question = without_document_tags(r["question"])
+        samples.append(
+            Sample(r["question_id"], question, r["cot_answer"], r["answer"], r["chunk_id"], r["doc_id"], r["source"])
         )
-        for r in rows.iter_rows(named=True)
-    ]
-    passages_frame = chunk_frame.join(titles, on="doc_id", how="left").sort("chunk_id")
     passages = [
-        Passage(r["chunk_id"], r["doc_id"], r["title"] or "", without_document_tags(r["text"]))
-        for r in passages_frame.iter_rows(named=True)
+        Passage(r["chunk_id"], r["doc_id"], r["title"], without_document_tags(r["text"]))
+        for r in corpus.iter_rows(named=True)
     ]
     return samples, passages
 
@@ -129,26 +173,6 @@ def load_samples(
     group_name="dataset",
     kinds={"python", "jsonl"},
     deps=[every_source(chunks), every_source(questions), every_source(cot_answers), retrieval_index, base_model],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "instruction_documents",
-            asset="raft_dataset",
-            blocking=True,
-            description="Every instruction holds num_distractors + 1 documents and ends with its question.",
-        ),
-        dg.AssetCheckSpec(
-            "oracle_matches_flag",
-            asset="raft_dataset",
-            blocking=True,
-            description="The oracle is in the context exactly when oracle_included is true.",
-        ),
-        dg.AssetCheckSpec(
-            "no_document_across_splits",
-            asset="raft_dataset",
-            blocking=True,
-            description="No document contributes questions to two of train, test and eval.",
-        ),
-    ],
 )
 def raft_dataset(
     context: dg.AssetExecutionContext, config: RaftDatasetConfig, paths: ProjectPaths
@@ -161,14 +185,20 @@ def raft_dataset(
     options = config.options()
     model = read_pointer(Path(paths.checkpoint_dir))
     lengths = TokenLengths(load_tokenizer(model), config.context_length or model.context_length)
-    folder = Path(paths.data_dir) / "raft"
+    folder = dataset_folder(paths)
     try:
+        doc_ids = {s.doc_id for s in samples}
         splits = assign_splits(
-            sorted({s.doc_id for s in samples}), config.test_fraction, config.eval_fraction, config.seed
+            sorted(doc_ids),
+            config.test_fraction,
+            config.eval_fraction,
+            config.min_split_documents,
+            config.seed,
+            training_documents_needed(options, passages, doc_ids),
         )
         neighbours = None
         if config.distractors != "random":
-            index = ChunkIndex.load(Path(paths.data_dir) / "index")
+            index = ChunkIndex.load(index_folder(paths))
             neighbours = index.nearest_other_documents([p.chunk_id for p in passages], config.num_distractors * 3)
         plans = plan_records(samples, passages, splits, options, neighbours)
     except NotEnoughDocuments as error:
@@ -178,16 +208,26 @@ def raft_dataset(
         {
             "question_id": [s.question_id for s in samples],
             "question": [s.question for s in samples],
+            "chunk_id": [s.chunk_id for s in samples],
             "doc_id": [s.doc_id for s in samples],
             "source": [s.source for s in samples],
             "split": [splits[s.doc_id] for s in samples],
         }
     )
-    write_parquet(manifest, folder / "splits.parquet")
+    write_parquet(manifest, folder / SPLITS_FILE)
 
+    documents_per_split = Counter(splits.values())
+    small = [
+        f"{split} has {documents_per_split[split]} document(s)"
+        for split, fraction in (("test", config.test_fraction), ("eval", config.eval_fraction))
+        if fraction > 0 and documents_per_split[split] < config.min_split_documents
+    ]
+    if small:
+        context.log.warning(
+            f"Few documents to measure on: {', '.join(small)} (min_split_documents is "
+            f"{config.min_split_documents}); add documents for numbers that mean more."
+        )
     written = sum(stats.records.values())
-    doc_splits = manifest.group_by("doc_id").agg(pl.col("split").n_unique().alias("splits"))
-    leaking = int((doc_splits["splits"] > 1).sum())
     by_source = pl.DataFrame(
         [(*key.split("/"), count) for key, count in sorted(stats.by_source.items())],
         schema=["source", "split", "records"],
@@ -199,10 +239,13 @@ def raft_dataset(
             "dagster/row_count": written,
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
-            "eval_documents": sum(1 for split in splits.values() if split == "eval"),
+            "distinct_questions": len(samples),
+            **{f"{split}_documents": documents_per_split[split] for split in SPLITS},
+            **({"split_warning": "; ".join(small)} if small else {}),
+            NUM_DISTRACTORS: config.num_distractors,
             "oracle_present_share": stats.oracle_included / written if written else 0.0,
             "refusal_share": stats.refusals / written if written else 0.0,
-            "hard_distractor_share": stats.hard_records / written if written else 0.0,
+            "hard_distractor_share": stats.hard_distractors / stats.distractors if stats.distractors else 0.0,
             "dropped_overlength": stats.dropped_overlength,
             "truncated": stats.truncated,
             "context_length": lengths.limit,
@@ -216,79 +259,125 @@ def raft_dataset(
             "files": ", ".join(FILES.values()),
         },
         data_version=dg.DataVersion(stats.digest.hexdigest()),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=name,
-                passed=stats.violations[name] == 0,
-                metadata={"records_failing": stats.violations[name]},
-            )
-            for name in ("instruction_documents", "oracle_matches_flag")
-        ]
-        + [
-            dg.AssetCheckResult(
-                check_name="no_document_across_splits",
-                passed=leaking == 0,
-                metadata={"documents_in_two_splits": leaking},
-            )
-        ],
     )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            "instruction_documents",
+            asset=raft_dataset,
+            blocking=True,
+            description="Every record of raft.jsonl holds num_distractors + 1 documents and ends with its question.",
+        ),
+        dg.AssetCheckSpec(
+            "oracle_matches_flag",
+            asset=raft_dataset,
+            blocking=True,
+            description="The oracle is in a record's context exactly when its oracle_included is true.",
+        ),
+        dg.AssetCheckSpec(
+            "splits_disjoint",
+            asset=raft_dataset,
+            blocking=True,
+            description="raft_train.jsonl and raft_test.jsonl share no document, oracle chunk or question, "
+            "and no test oracle is shown in a training record.",
+        ),
+    ],
+)
+def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPaths) -> Iterator[dg.AssetCheckResult]:
+    """The checks of raft_dataset, on its files as written."""
+    folder = dataset_folder(paths)
+    num_distractors = latest_metadata(context.instance, raft_dataset.key)[NUM_DISTRACTORS].value
+    problems = record_problems(folder / FILES["all"], num_distractors)
+    for name, failing in problems.failing.items():
+        yield dg.AssetCheckResult(
+            check_name=name,
+            passed=not failing,
+            metadata={"records_checked": problems.records, "records_failing": len(failing)},
+            description=f"{len(failing)} of {problems.records} records fail, e.g. {', '.join(failing[:EXAMPLES])}."
+            if failing
+            else None,
+        )
+    train = SplitContents.of_records("train", folder / FILES["train"])
+    test = SplitContents.of_records("test", folder / FILES["test"])
+    yield overlap_result("splits_disjoint", overlaps(train, test))
 
 
 @dg.asset(
     group_name="dataset",
     kinds={"python", "json"},
     metadata={"dagster/column_schema": column_schema(EVAL_SCHEMA, EVAL_COLUMNS)},
-    deps=[raft_dataset, every_source(cot_answers), every_source(documents)],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "no_training_question",
-            asset="eval_set",
-            blocking=True,
-            description="No eval question is also a training question.",
-        )
-    ],
+    deps=[raft_dataset, every_source(questions), every_source(cot_answers), every_source(documents)],
 )
 def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """Question/answer pairs from the eval documents, filtered for quality and curated by hand."""
     sources = context.instance.get_dynamic_partitions(doc_sources.name)
-    manifest = pl.read_parquet(Path(paths.data_dir) / "raft" / "splits.parquet")
+    manifest = pl.read_parquet(dataset_folder(paths) / SPLITS_FILE)
     answers = read_all_partitions(paths.data_dir, "cot_answers", sources).filter(pl.col("status") == "ok")
-    asked = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "chunk_id"])
-    chunk_frame = read_all_partitions(paths.data_dir, "chunks", sources, ["chunk_id", "text"])
+    writers = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "model"])
     candidates = (
         manifest.filter(pl.col("split") == "eval")
-        .join(answers.select("question_id", "answer", "quotes_ok"), on="question_id")
-        .join(asked, on="question_id")
+        .join(
+            answers.unique("question_id", keep="first").select("question_id", "answer", "quotes_ok"), on="question_id"
+        )
+        .join(writers.unique("question_id", keep="first"), on="question_id")
     )
-    train_questions = {normalized(q) for q in manifest.filter(pl.col("split") == "train")["question"]}
+    corpus = read_corpus(paths.data_dir, sources)
+    chunk_texts = dict(zip(corpus["chunk_id"], corpus["text"].map_elements(without_document_tags), strict=True))
     curation = Curation.load(Path(config.curation_file))
-    items, reasons = build_eval_set(
-        candidates,
-        dict(zip(chunk_frame["chunk_id"], chunk_frame["text"], strict=True)),
-        train_questions,
-        config.size,
-        config.seed,
-        curation,
-    )
-    path = Path(paths.data_dir) / "eval" / "eval_set.json"
+    items, reasons = build_eval_set(candidates, chunk_texts, config.size, config.seed, curation)
+    path = eval_set_file(paths)
     write_text_atomically(path, json.dumps(items, ensure_ascii=False, indent=1))
 
-    in_training = sum(normalized(item["question"]) in train_questions for item in items)
     frame = pl.DataFrame(items, schema=EVAL_SCHEMA)
+    documents_spanned = len({item["doc_id"] for item in items})
+    if documents_spanned < FEW_DOCUMENTS:
+        context.log.warning(
+            f"The eval set spans {documents_spanned} document(s): its scores measure those documents more than "
+            "the model. Add documents, or raise eval_fraction or min_split_documents of raft_dataset."
+        )
     return dg.MaterializeResult(
         metadata={
             **table_metadata(frame, path, EVAL_COLUMNS),
             "candidates": candidates.height,
+            "documents": documents_spanned,
             "corrected": sum(item["corrected"] for item in items),
             **{f"filtered: {reason}": count for reason, count in sorted(reasons.items())},
             "preview": markdown_preview(frame.select("question", "answer"), rows=10, max_chars=120),
         },
         data_version=dg.DataVersion(content_hash(*(f"{i['id']}:{i['answer']}" for i in items))),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="no_training_question",
-                passed=in_training == 0,
-                metadata={"eval_questions_in_training": in_training},
-            )
-        ],
     )
+
+
+@dg.asset_check(
+    asset=eval_set,
+    name="disjoint_from_training",
+    blocking=True,
+    description="eval_set.json shares no document, oracle chunk or question with raft_train.jsonl or "
+    "raft_test.jsonl, and no eval oracle is shown in a training record.",
+)
+def eval_set_disjoint_from_training(paths: ProjectPaths) -> dg.AssetCheckResult:
+    folder = dataset_folder(paths)
+    evaluation = SplitContents.of_eval_set(eval_set_file(paths))
+    found = {
+        **overlaps(SplitContents.of_records("train", folder / FILES["train"]), evaluation),
+        **overlaps(SplitContents.of_records("test", folder / FILES["test"]), evaluation),
+    }
+    return overlap_result("disjoint_from_training", found)
+
+
+def overlap_result(check_name: str, found: dict[str, list[str]]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=not any(found.values()),
+        metadata={kind: len(items) for kind, items in found.items()},
+        description=describe_overlaps(found),
+    )
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized: nothing to check.")
+    return dict(event.asset_materialization.metadata)

@@ -47,8 +47,9 @@ class Curation:
         return cls(reject, corrections)
 
 
-def rejection_reason(row: dict[str, Any], chunk_text: str, train_questions: set[str]) -> str | None:
-    """Why a candidate is not good evaluation material, or None."""
+def rejection_reason(row: dict[str, Any], chunk_text: str) -> str | None:
+    """Why a candidate is not good evaluation material, or None. (A question also asked in training cannot be one:
+    `load_samples` keeps one sample per question, and the split puts it in one split.)"""
     if not row["answer"]:
         return "no final answer"
     if not row["quotes_ok"]:
@@ -58,20 +59,14 @@ def rejection_reason(row: dict[str, Any], chunk_text: str, train_questions: set[
         return "question copied from the chunk"
     if _MENTIONS_SOURCE.search(row["question"]):
         return "question refers to the passage"
-    if normalized(row["question"]) in train_questions:
-        return "question also asked in training"
     return None
 
 
 def build_eval_set(
-    candidates: pl.DataFrame,
-    chunk_texts: dict[str, str],
-    train_questions: set[str],
-    size: int,
-    seed: int,
-    curation: Curation,
+    candidates: pl.DataFrame, chunk_texts: dict[str, str], size: int, seed: int, curation: Curation
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """`candidates` has question_id, question, answer, quotes_ok, chunk_id, doc_id, source (eval documents)."""
+    """`candidates` has question_id, question, answer, quotes_ok, chunk_id, doc_id, source (eval documents) and
+    model (the generator that wrote the question); `chunk_texts` the text of each chunk, as the RAFT records show it."""
     reasons: Counter[str] = Counter()
     ranked = sorted(candidates.iter_rows(named=True), key=lambda row: content_hash(str(seed), row["question_id"]))
     items = []
@@ -79,7 +74,7 @@ def build_eval_set(
         if len(items) == size:
             break
         reason = "rejected in the curation file" if row["question_id"] in curation.reject else None
-        reason = reason or rejection_reason(row, chunk_texts[row["chunk_id"]], train_questions)
+        reason = reason or rejection_reason(row, chunk_texts[row["chunk_id"]])
         if reason:
             reasons[reason] += 1
             continue
@@ -92,6 +87,8 @@ def build_eval_set(
                 "doc_id": row["doc_id"],
                 "source": row["source"],
                 "chunk_id": row["chunk_id"],
+                "oracle_context": chunk_texts[row["chunk_id"]],
+                "generator": row["model"],
                 "corrected": corrected is not None,
             }
         )

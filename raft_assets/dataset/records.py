@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from raft_assets.generation.parsing import normalized
 from raft_assets.generation.prompts import documents_block, load_prompts
 
 DOCUMENT_START, DOCUMENT_END = "<DOCUMENT>", "</DOCUMENT>"
@@ -72,6 +73,12 @@ def without_document_tags(text: str) -> str:
     """Text (a passage, a question) with any literal <DOCUMENT> tags defused (a page about RAFT itself
     has them): left in, they would make the loader split the instruction in the wrong place."""
     return text.replace(DOCUMENT_START, "[DOCUMENT]").replace(DOCUMENT_END, "[/DOCUMENT]")
+
+
+def question_key(question: str) -> str:
+    """How questions are told apart, across sources and across splits: case, runs of whitespace and the final
+    punctuation ignored ("What is FSDP?" and "what is  FSDP" are one question)."""
+    return normalized(question).rstrip("?.! ")
 
 
 def split_instruction(instruction: str) -> tuple[str, str]:

@@ -47,11 +47,15 @@ class AnswerRequest:
 
 @dataclass(frozen=True)
 class Answer:
-    """The model's reply, how long it took (seconds) and why it failed (None when it did not)."""
+    """The model's reply, how long computing it took and why it failed (None when it did not).
+
+    A `cached` answer was computed by an earlier run: its `seconds` are that run's (None when it did not time it).
+    """
 
     text: str
-    seconds: float
+    seconds: float | None
     error: str | None = None
+    cached: bool = False
 
 
 class AnswerBackend(Protocol):
@@ -93,8 +97,8 @@ class TransformersBackend:
     `generate` runs in a worker thread, so the event loop stays free. A request is timed as its batch's time
     divided by the batch size (the batch is computed at once; per-request time is not observable). A prompt
     that leaves no room for `max_new_tokens` in the model's context is an Answer with an error, not sent.
-    With a `cache` (scoped to these weights by the caller), each batch's answers are kept as it finishes, and
-    an answer found there is not computed again: it takes no time, like a cached endpoint reply.
+    With a `cache` (scoped to these weights by the caller), each batch's answers are kept with their time as it
+    finishes, and an answer found there is not computed again: it comes back with the time it took then.
     """
 
     def __init__(
@@ -172,7 +176,7 @@ class TransformersBackend:
         ]
         for i, key in enumerate(keys):
             if answers[i] is None and (hit := self.cache.get(key)) is not None:
-                answers[i] = Answer(hit.text, 0.0)
+                answers[i] = Answer(hit.text, hit.seconds, cached=True)
         pending = sorted((i for i, answer in enumerate(answers) if answer is None), key=lambda i: -len(prompts[i]))
         for start in range(0, len(pending), self.batch_size):
             batch = pending[start : start + self.batch_size]
@@ -183,7 +187,7 @@ class TransformersBackend:
                 answers[i] = Answer(text, seconds)
                 if self.cache is not None:
                     completion = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                    self.cache.put(keys[i], self.name, CachedReply(text, len(prompts[i]), completion))
+                    self.cache.put(keys[i], self.name, CachedReply(text, len(prompts[i]), completion, seconds))
         return [answer for answer in answers if answer is not None]
 
     def stream(self, request: AnswerRequest) -> Iterator[str]:
@@ -224,7 +228,9 @@ class EndpointBackend:
     """An OpenAI-compatible endpoint through `ChatClient`: concurrent requests, retries and the reply cache.
 
     A request that finally fails is an Answer with its error; the other answers of the batch are unaffected.
-    A cached reply takes no time. `usage` holds the last `answer_all`'s token and request accounting.
+    Each reply's time (from asking to the reply, waiting for a free slot included) is kept with it in the cache
+    by the client, and a cached reply comes back with that time. `usage` holds the last `answer_all`'s token and
+    request accounting.
     """
 
     def __init__(
@@ -248,7 +254,7 @@ class EndpointBackend:
             reply = await client.reply(self.prompt, prompt_values(request), self.prompt.params)
         except RequestFailed as error:
             return Answer("", time.perf_counter() - started, str(error))
-        return Answer(reply.text, time.perf_counter() - started)
+        return Answer(reply.text, reply.seconds, cached=reply.cached)
 
 
 def stream_endpoint(

@@ -16,6 +16,7 @@ from raft_assets.evaluation.answering import AnswerBackend, AnswerRequest, Endpo
 from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answer, parse_judgement, score_question
 from raft_assets.evaluation.report import write_report
 from raft_assets.evaluation.retrieval import Retriever
+from raft_assets.generation.extractive import EXTRACTIVE_MODEL
 from raft_assets.generation.tasks import ask
 from raft_assets.hashing import tree_fingerprint
 from raft_assets.resources.llm import LLMResource
@@ -61,6 +62,35 @@ def model_paths(config: EvalReportConfig, paths: ProjectPaths) -> dict[str, Path
     if missing:
         raise dg.Failure(f"No {', '.join(missing)} model to evaluate: materialize hf_checkpoint first.")
     return {name: found[name] for name in config.models}
+
+
+def stand_in_note(writers: list[str | None]) -> str | None:
+    """What the report must say first when the extractive stand-in, not a model, wrote the eval questions."""
+    by_stand_in = writers.count(EXTRACTIVE_MODEL)
+    if not by_stand_in:
+        return None
+    share = f"All {len(writers)}" if by_stand_in == len(writers) else f"{by_stand_in} of the {len(writers)}"
+    return (
+        f"**Stand-in data:** {share} eval questions were written by the `{EXTRACTIVE_MODEL}` stand-in (no generator "
+        "endpoint), not by a model: these numbers test the machinery, not a model."
+    )
+
+
+def cache_note(answers: dict[str, list[dict]]) -> str | None:
+    """How many answers came from the reply cache, and what their times are."""
+    rows = [row for system_rows in answers.values() for row in system_rows]
+    cached = sum(row["cached"] for row in rows)
+    if not cached:
+        return None
+    return (
+        f"{cached} of {len(rows)} answers from the cache; seconds per answer are those of the run that computed them."
+    )
+
+
+def seconds_per_answer(rows: list[dict]) -> float | None:
+    """The mean time of the answers whose time is known (a cached answer's: the run's that computed it)."""
+    known = [row["seconds"] for row in rows if row["seconds"] is not None]
+    return sum(known) / len(known) if known else None
 
 
 async def answer_system(backend: AnswerBackend, questions: list[str], contexts: list[list[str]], k: int | None):
@@ -126,6 +156,8 @@ def eval_report(
         raise dg.Failure("The eval set is empty: nothing to evaluate.")
     questions = [item["question"] for item in items]
     references = [item["answer"] for item in items]
+    writers = [item.get("generator") for item in items]  # absent from an eval set written before it was recorded
+    stand_in = stand_in_note(writers)
     retrieved = Retriever.load(Path(paths.data_dir) / "index", paths.data_dir).top_k(questions, max(config.top_k))
     contexts = [[chunk.text for chunk in found] for found in retrieved]
     cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
@@ -139,7 +171,14 @@ def eval_report(
             context.log.info(f"answering the eval set: {system}")
             _, replies = asyncio.run(answer_system(backend, questions, contexts, k))
             answers[system] = [
-                {"question": q, "reference": r, "answer": reply.text, "error": reply.error, "seconds": reply.seconds}
+                {
+                    "question": q,
+                    "reference": r,
+                    "answer": reply.text,
+                    "error": reply.error,
+                    "seconds": reply.seconds,
+                    "cached": reply.cached,
+                }
                 for q, r, reply in zip(questions, references, replies, strict=True)
             ]
             documents_of[system] = k
@@ -152,7 +191,11 @@ def eval_report(
             raise dg.Failure("reference_endpoint is set but RAFT_LLM_BASE_URL is not.")
         answer_variants("reference", EndpointBackend(llm, cache, config.max_new_tokens, name=llm.model))
 
-    notes = [f"{len(items)} questions from `eval_set.json`; top-k retrieval with the `retrieval_index`."]
+    notes = [
+        *([stand_in] if stand_in else []),
+        f"{len(items)} questions from `eval_set.json`; top-k retrieval with the `retrieval_index`.",
+        *([note] if (note := cache_note(answers)) else []),
+    ]
     verdicts: dict[str, list[bool | None]] = {}
     if judge.configured:
         for system, rows in answers.items():
@@ -179,7 +222,11 @@ def eval_report(
         ]
         for row, score in zip(rows, scores, strict=True):
             row["correct"] = score.judgement if score.judgement is not None else bool(score.exact_match)
-        summaries[system] = {**aggregate(scores), "seconds_per_answer": sum(r["seconds"] for r in rows) / len(rows)}
+        summaries[system] = {
+            **aggregate(scores),
+            "seconds_per_answer": seconds_per_answer(rows),
+            "cached": sum(row["cached"] for row in rows),
+        }
 
     headline = "judge_accuracy" if judge.configured else "f1"
     files = write_report(Path(paths.data_dir) / "reports", summaries, answers, notes, headline)
@@ -189,6 +236,9 @@ def eval_report(
             **file_link(files["markdown"]),
             "json": dg.MetadataValue.path(str(files["json"].resolve())),
             "questions": len(items),
+            "generator": ", ".join(sorted({writer or "unknown" for writer in writers})),
+            **({"stand_in": stand_in} if stand_in else {}),
+            "cached_answers": sum(summary["cached"] for summary in summaries.values()),
             "judge": judge.model if judge.configured else "skipped",
             "comparison": dg.MetadataValue.md(files["markdown"].read_text(encoding="utf-8").split("## Questions")[0]),
             "scores_plot": dg.MetadataValue.path(str(files["scores_plot"].resolve())),
@@ -196,7 +246,8 @@ def eval_report(
                 f"{system.replace(' ', '_').replace('=', '')}/{metric}": float(value)
                 for system, summary in summaries.items()
                 for metric, value in summary.items()
-                if metric in ("judge_accuracy", "f1", "exact_match", "rouge_l", "refusal_rate") and value is not None
+                if metric in ("judge_accuracy", "f1", "exact_match", "rouge_l", "refusal_rate", "seconds_per_answer")
+                and value is not None
             },
         }
     )

@@ -24,6 +24,7 @@ COLUMNS = [
     ("rouge_l", "ROUGE-L"),
     ("citation_accuracy", "citations found"),
     ("seconds_per_answer", "s/answer"),
+    ("cached", "from the cache"),
 ]
 
 

@@ -1,7 +1,7 @@
 """Retrieval for evaluation and chat: the top-k chunks of the saved index for each question, with their texts.
 
 The questions are embedded with the model the index was built with (recorded in it), in one batch; the texts,
-titles and sources come from the `chunks` and `documents` parquet files of the data folder. Texts have their
+titles and sources come from the `chunks` and `documents` parquet files of the data folder (`read_corpus`). Texts have their
 literal `<DOCUMENT>` tags defused, as in the RAFT records, so a retrieved chunk can go straight into a prompt.
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from raft_assets.dataset.records import without_document_tags
+from raft_assets.ingestion.corpus import read_corpus
 from raft_assets.retrieval.embeddings import embed, load_embedder
 from raft_assets.retrieval.index import ChunkIndex
 
@@ -36,37 +35,25 @@ class RetrievedChunk:
     uri: str = ""
 
 
-def _stage_files(data_dir: Path, stage: str) -> list[Path]:
-    return sorted((data_dir / stage).glob("*.parquet"))
-
-
 def read_chunks(data_dir: str | os.PathLike[str]) -> dict[str, RetrievedChunk]:
-    """Every chunk of the data folder by chunk id, with its document's title and uri (score 0).
+    """Every chunk of the data folder's sources by chunk id, with its canonical document's title and uri (score 0).
 
     Raises FileNotFoundError when no `chunks` file is there.
     """
-    data_dir = Path(data_dir)
-    chunk_files = _stage_files(data_dir, "chunks")
-    if not chunk_files:
-        raise FileNotFoundError(f"No chunks files in {data_dir / 'chunks'}: materialize 'chunks' first.")
-    frame = pl.concat([pl.read_parquet(path, columns=["chunk_id", "doc_id", "source", "text"]) for path in chunk_files])
-    document_files = _stage_files(data_dir, "documents")
-    if document_files:
-        documents = pl.concat([pl.read_parquet(path, columns=["doc_id", "title", "uri"]) for path in document_files])
-        frame = frame.join(documents.unique("doc_id"), on="doc_id", how="left")
-    else:
-        frame = frame.with_columns(title=pl.lit(None, pl.String), uri=pl.lit(None, pl.String))
+    sources = sorted(path.stem for path in (Path(data_dir) / "chunks").glob("*.parquet"))
+    if not sources:
+        raise FileNotFoundError(f"No chunks files in {Path(data_dir) / 'chunks'}: materialize 'chunks' first.")
     return {
         row["chunk_id"]: RetrievedChunk(
             chunk_id=row["chunk_id"],
             doc_id=row["doc_id"],
             source=row["source"],
-            title=row["title"] or "",
+            title=row["title"],
             text=without_document_tags(row["text"]),
             score=0.0,
-            uri=row["uri"] or "",
+            uri=row["uri"],
         )
-        for row in frame.iter_rows(named=True)
+        for row in read_corpus(data_dir, sources).iter_rows(named=True)
     }
 
 

@@ -10,8 +10,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from raft_assets.generation.extractive import ExtractiveBackend
-from raft_assets.generation.progress import StageProgress
+from raft_assets.generation.extractive import EXTRACTIVE_MODEL, STAND_IN_NOTE, ExtractiveBackend
+from raft_assets.generation.progress import NOT_FAILED, StageProgress
 from raft_assets.generation.tasks import (
     ANSWER_SCHEMA,
     GENERATION_COLUMNS,
@@ -23,12 +23,17 @@ from raft_assets.generation.tasks import (
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.assets import chunks
 from raft_assets.partitions import doc_sources
-from raft_assets.resources.llm import LLMResource
+from raft_assets.resources.llm import EndpointUnusable, LLMResource
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.resources.reply_cache import ReplyCache
-from raft_assets.storage import column_schema, markdown_preview, read_parquet, table_metadata, write_parquet
-
-OK_STATUSES = ("ok", "duplicate")  # a duplicate question is a good reply that an earlier chunk also gave
+from raft_assets.storage import (
+    column_schema,
+    markdown_preview,
+    most_common_errors,
+    read_parquet,
+    table_metadata,
+    write_parquet,
+)
 
 
 class GenerationConfig(dg.Config):
@@ -75,6 +80,9 @@ def generate(
     """Run one stage's requests in an event loop; return its table and the metadata of the run."""
     stage = f"{context.asset_key.to_user_string()}[{context.partition_key}]"
 
+    if not llm.configured:
+        context.log.warning(f"{stage}: {STAND_IN_NOTE}")
+
     async def run() -> tuple[pl.DataFrame, dict]:
         async with generation_backend(llm, paths) as backend:
             usage = backend.usage
@@ -90,12 +98,16 @@ def generate(
             seconds = time.monotonic() - started
             return frame, {
                 "generator": backend.model,
+                **({"stand_in": STAND_IN_NOTE} if backend.model == EXTRACTIVE_MODEL else {}),
                 "seconds": round(seconds, 2),
                 "items_per_second": round(total / seconds, 2) if seconds else 0.0,
                 **usage.metadata(),
             }
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except EndpointUnusable as error:
+        raise dg.Failure(f"{stage}: the generator endpoint cannot be used: {error}. Nothing was sent.") from None
 
 
 def generation_result(
@@ -108,6 +120,7 @@ def generation_result(
 ) -> dg.MaterializeResult:
     write_parquet(frame, path)
     statuses = dict(frame.group_by("status").len().iter_rows())
+    failed = frame.filter(~pl.col("status").is_in(NOT_FAILED))
     return dg.MaterializeResult(
         metadata={
             **table_metadata(frame, path, GENERATION_COLUMNS),
@@ -115,8 +128,9 @@ def generation_result(
             **{f"status_{status}": count for status, count in sorted(statuses.items())},
             "failure_rate": failure_rate,
             "preview": markdown_preview(frame.filter(pl.col("status") == "ok").select(preview_columns)),
-            "failures": markdown_preview(
-                frame.filter(~pl.col("status").is_in(OK_STATUSES)).select("status", "error"), rows=10, max_chars=200
+            "failures": markdown_preview(failed.select("status", "error"), rows=10, max_chars=200),
+            "skipped": markdown_preview(
+                frame.filter(pl.col("status") == "skipped").select("status", "error"), rows=10, max_chars=200
             ),
         },
         data_version=dg.DataVersion(content_hash(*frame["question_id"], *frame["status"])),
@@ -125,7 +139,8 @@ def generation_result(
                 check_name="failure_rate_within_bound",
                 passed=failure_rate <= config.max_failure_rate,
                 metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
-                description=f"{failure_rate:.1%} of items failed; the bound is {config.max_failure_rate:.0%}.",
+                description=f"{failure_rate:.1%} of items failed; the bound is {config.max_failure_rate:.0%}"
+                + (f". Most common: {most_common_errors(failed)}." if failed.height else "."),
             )
         ],
     )
@@ -155,7 +170,7 @@ def questions(
             backend, chunk_frame, config.questions_per_chunk, config.max_attempts, progress
         ),
     )
-    failed_chunks = frame.filter(~pl.col("status").is_in(OK_STATUSES))["chunk_id"].n_unique()
+    failed_chunks = frame.filter(~pl.col("status").is_in(NOT_FAILED))["chunk_id"].n_unique()
     return generation_result(
         frame,
         paths.stage_file("questions", source),
@@ -191,7 +206,7 @@ def cot_answers(
         pending,
         lambda backend, progress: generate_answers(backend, question_frame, chunk_texts, config.max_attempts, progress),
     )
-    failed = int((frame["status"] != "ok").sum())
+    failed = int((~frame["status"].is_in(NOT_FAILED)).sum())
     run_metadata["quotes_ok"] = int(frame["quotes_ok"].sum())
     return generation_result(
         frame,

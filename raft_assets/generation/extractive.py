@@ -12,9 +12,13 @@ from typing import Any
 
 from raft_assets.generation.parsing import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
 from raft_assets.generation.prompts import Prompt
-from raft_assets.resources.llm import ChatReply, Plan, Usage
+from raft_assets.resources.llm import ChatReply, Plan, RequestFailed, Usage
 
 EXTRACTIVE_MODEL = "extractive"
+STAND_IN_NOTE = (
+    "no generator endpoint is configured (RAFT_LLM_BASE_URL), so the extractive stand-in writes the questions and "
+    "answers by quoting sentences: a test of the machinery, not a model's data"
+)
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n\s*(?=[-*#>|]|\d+\.\s)")  # sentence end, paragraph, list item
 _LEADING_MARKUP = re.compile(r"^(?:[-*#>|]+|\d+\.)\s+")
 _RULE = re.compile(r"([^\w\s])\1\1")  # "===", "---": headings and rules, not prose
@@ -78,8 +82,11 @@ _STOP_WORDS = set(
 )
 
 
+SENTENCE_RULE = "6 to 60 words ending with . ! or ?"
+
+
 def sentences(text: str) -> list[str]:
-    """Prose sentences of 6 to 60 words, whitespace collapsed: the quotable ones."""
+    """Prose sentences (`SENTENCE_RULE`), whitespace collapsed: the quotable ones."""
     found = (_LEADING_MARKUP.sub("", " ".join(part.split())) for part in _SENTENCE_BREAK.split(text))
     return [s for s in found if 6 <= len(s.split()) <= 60 and s[-1] in ".!?" and not _RULE.search(s)]
 
@@ -113,25 +120,33 @@ class ExtractiveBackend:
         return Plan(len(batch), 0, 0)
 
     async def reply(self, prompt: Prompt, values: dict[str, Any], params: dict[str, Any]) -> ChatReply:
+        """The stand-in's reply; an item without a prose sentence to quote (a chunk of source code, a table) is
+        skipped with that reason (RequestFailed "skipped"), which is no failure of the stage."""
         if prompt.name == "questions":
             text = self.questions(values["chunk"], int(values["num_questions"]))
         elif prompt.name == "cot_answer":
             text = self.cot_answer(values["question"], "\n".join(_DOCUMENT.findall(values["documents"])))
         else:
             raise ValueError(f"the extractive generator has no answer for prompt {prompt.name!r}")
+        if text is None:
+            raise RequestFailed(
+                "skipped", f"the extractive stand-in found no prose sentence ({SENTENCE_RULE}) to quote"
+            )
         return ChatReply(text, prompt_tokens=0, completion_tokens=0, cached=False)
 
     @staticmethod
-    def questions(chunk: str, count: int) -> str:
+    def questions(chunk: str, count: int) -> str | None:
         candidates = sentences(chunk)
+        if not candidates:
+            return None
         step = max(1, len(candidates) // max(count, 1))
         return "\n".join(question_for(sentence) for sentence in candidates[::step][:count])
 
     @staticmethod
-    def cot_answer(question: str, context: str) -> str:
+    def cot_answer(question: str, context: str) -> str | None:
         sentence = best_sentence(question, context)
         if sentence is None:
-            return "The documents do not contain a sentence that answers this question."
+            return None
         return (
             f"The question asks: {question}\n"
             f"The document answers it in one sentence: {BEGIN_QUOTE}{sentence}{END_QUOTE}\n"

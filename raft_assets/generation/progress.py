@@ -12,6 +12,10 @@ from logging import Logger
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+# Not failures: a duplicate question is a good reply that an earlier chunk also gave; a skipped item is one the
+# extractive stand-in has nothing to say about (a chunk of source code, say). Every other status is a failure.
+NOT_FAILED = ("ok", "duplicate", "skipped")
+
 
 class StageProgress:
     def __init__(self, stage: str, total: int, log: Logger, interval_s: float, tokens: Callable[[], int]) -> None:
@@ -41,7 +45,7 @@ class StageProgress:
 
     @property
     def failed(self) -> int:
-        return self.done - self.statuses["ok"]
+        return sum(count for status, count in self.statuses.items() if status not in NOT_FAILED)
 
     def advance(self, status: str) -> None:
         self.statuses[status] += 1

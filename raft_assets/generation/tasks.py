@@ -2,7 +2,7 @@
 
 Each item is one async task; a reply that cannot be parsed is asked again (with a new seed and some
 temperature, so it is a new request) up to `max_attempts` times. Every item ends as rows with a
-status — ok, duplicate, parse_error, error or over_budget — never as a silently missing row.
+status — ok, duplicate, parse_error, error, over_budget or skipped — never as a silently missing row.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ GENERATION_COLUMNS = {
     "doc_id": "The document of that chunk.",
     "question": "The generated question; empty when generation failed.",
     "model": "The generator that wrote it (`extractive` without an endpoint).",
-    "status": "`ok`, or the kind of failure.",
-    "error": "The failure's reason; empty when ok.",
+    "status": "`ok`, `duplicate`, `skipped` (the extractive stand-in had no sentence to quote), or the kind of failure.",
+    "error": "The failure's (or the skip's) reason; empty when ok.",
     "cot_answer": "Reasoning that quotes the chunk (##begin_quote##...##end_quote##), ending with `<ANSWER>: ...`.",
     "answer": "The final answer, after `<ANSWER>:`.",
     "quotes_ok": "Every quote appears verbatim in the chunk.",

@@ -11,7 +11,14 @@ from raft_assets.ingestion.local_files import folder_fingerprint
 from raft_assets.ingestion.sources import LocalSource
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
-from raft_assets.storage import column_schema, markdown_preview, read_parquet, table_metadata, write_parquet
+from raft_assets.storage import (
+    column_schema,
+    markdown_preview,
+    most_common_errors,
+    read_parquet,
+    table_metadata,
+    write_parquet,
+)
 
 # Metadata of a local source's `documents` materialization: the folder as it was read (`folder_fingerprint`).
 FILES_FINGERPRINT = "files_fingerprint"
@@ -94,7 +101,8 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
                 passed=failure_rate <= config.max_failure_rate,
                 metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
                 description=f"{failed.height} of {frame.height} documents could not be read "
-                f"({failure_rate:.0%}; the bound is {config.max_failure_rate:.0%}).",
+                f"({failure_rate:.0%}; the bound is {config.max_failure_rate:.0%})"
+                + (f". Most common: {most_common_errors(failed)}." if failed.height else "."),
             ),
         ],
     )
@@ -108,7 +116,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
     metadata={"dagster/column_schema": column_schema(CHUNK_SCHEMA, CHUNK_COLUMNS)},
 )
 def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: ProjectPaths) -> dg.MaterializeResult:
-    """Documents split with `RecursiveCharacterTextSplitter`; short and repeated chunks dropped."""
+    """Documents split with `RecursiveCharacterTextSplitter`; short chunks dropped, repeated texts kept once."""
     if config.chunk_overlap >= config.chunk_size:
         raise dg.Failure(
             f"chunk_overlap ({config.chunk_overlap}) must be smaller than chunk_size ({config.chunk_size})."
@@ -127,7 +135,8 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: Proje
             **table_metadata(frame, path, CHUNK_COLUMNS),
             "documents_chunked": frame["doc_id"].n_unique(),
             "dropped_short": result.dropped_short,
-            "dropped_duplicate": result.dropped_duplicate,
+            "merged_duplicates": result.merged_duplicates,
+            "chunks_in_several_documents": int((frame["doc_ids"].list.len() > 1).sum()),
             "mean_chunk_chars": float(lengths.mean() or 0.0),
             "max_chunk_chars": int(lengths.max() or 0),
             "chunk_size": config.chunk_size,

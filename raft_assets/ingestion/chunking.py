@@ -1,4 +1,9 @@
-"""Splitting documents into chunks with the reference recipe's splitter and rules."""
+"""Splitting documents into chunks with the reference recipe's splitter and rules.
+
+A chunk's identity is its text (`chunk_id` is its hash): a text that several documents of a source hold —
+a page exported twice, a paragraph pasted into two pages — is one chunk, and `doc_ids` keeps every document
+it came from. `doc_id` is the smallest of them, so the choice does not depend on the order of the files.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ CHUNK_SCHEMA = {
     "source": pl.String,
     "position": pl.Int32,
     "text": pl.String,
+    "doc_ids": pl.List(pl.String),
 }
 CHUNK_COLUMNS = {
     "chunk_id": "Hash of the chunk's text.",
-    "doc_id": "The document it was cut from.",
+    "doc_id": "The document its questions belong to: the smallest of `doc_ids`.",
     "source": "The source (partition) of that document.",
-    "position": "Its place among the document's chunks, from 0.",
+    "position": "Its place among that document's chunks, from 0.",
     "text": "The chunk: the oracle document of its questions.",
+    "doc_ids": "Every document of the source that holds this exact text.",
 }
 
 
@@ -32,31 +39,35 @@ CHUNK_COLUMNS = {
 class ChunkingResult:
     chunks: pl.DataFrame
     dropped_short: int
-    dropped_duplicate: int
+    merged_duplicates: int  # occurrences of a text that another document (or place) already holds
 
 
 def split_documents(documents: pl.DataFrame, chunk_size: int, chunk_overlap: int, min_chars: int) -> ChunkingResult:
-    """Chunks of the documents without an error, in document order.
+    """Chunks of the documents without an error, in the order their texts first appear.
 
-    Chunks of `min_chars` characters or fewer are dropped, and so is every repeat of a chunk's
-    exact text; `chunk_id` is the hash of the text, `position` the chunk's index in its document.
+    Chunks of `min_chars` characters or fewer are dropped; every repeat of a text is merged into the one
+    chunk of that text (its document added to `doc_ids`). `position` is the chunk's index in `doc_id`.
     """
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, separators=SEPARATORS, length_function=len
     )
-    rows: list[tuple[str, str, str, int, str]] = []
-    seen: set[str] = set()
-    dropped_short = dropped_duplicate = 0
+    occurrences: dict[str, list[tuple[str, int]]] = {}  # chunk_id -> (doc_id, position), in reading order
+    texts: dict[str, str] = {}
+    source_of: dict[str, str] = {}
+    dropped_short = merged = 0
     for doc in documents.filter(pl.col("error").is_null()).iter_rows(named=True):
         for position, text in enumerate(splitter.split_text(doc["text"])):
             if len(text) <= min_chars:
                 dropped_short += 1
                 continue
             chunk_id = content_hash(text)
-            if chunk_id in seen:
-                dropped_duplicate += 1
-                continue
-            seen.add(chunk_id)
-            rows.append((chunk_id, doc["doc_id"], doc["source"], position, text))
+            merged += chunk_id in texts
+            texts[chunk_id] = text
+            source_of[chunk_id] = doc["source"]
+            occurrences.setdefault(chunk_id, []).append((doc["doc_id"], position))
+    rows = []
+    for chunk_id, found in occurrences.items():
+        doc_id, position = min(found)
+        rows.append((chunk_id, doc_id, source_of[chunk_id], position, texts[chunk_id], sorted({d for d, _ in found})))
     frame = pl.DataFrame(rows, schema=CHUNK_SCHEMA, orient="row")
-    return ChunkingResult(frame, dropped_short, dropped_duplicate)
+    return ChunkingResult(frame, dropped_short, merged)

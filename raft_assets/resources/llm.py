@@ -15,7 +15,9 @@ this project's 2-core machine), which is what lets one process keep a 64-slot se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -29,15 +31,22 @@ from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_k
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
 CHARS_PER_TOKEN = 4  # for estimates before a request is sent
+PREFLIGHT_TIMEOUT_S = 15.0  # per attempt of the endpoint check (GET /models)
 REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
 
 
 class RequestFailed(Exception):
-    """A request that finally failed; `status` is "error" or "over_budget"."""
+    """An item with no reply; `status` is "error" (the request finally failed), "over_budget" (not sent), or
+    "skipped" (the extractive stand-in has nothing to say about it: not a failure)."""
 
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class EndpointUnusable(Exception):
+    """The endpoint cannot serve this stage at all (unreachable, the key refused, the model not served): no request
+    is worth sending, so the stage stops at once with the reason instead of failing every item."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,8 @@ class ChatReply:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    cached: bool
+    cached: bool  # from the reply cache: computed (and paid for) by an earlier request
+    seconds: float | None = None  # from asking to the reply, in the request that computed it (None: not timed)
 
 
 @dataclass
@@ -157,6 +167,14 @@ def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
     return AsyncLimiter(1, 60 / per_minute)
 
 
+def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> str:
+    """What went wrong below HTTP. The SDK calls a refused connection through its aiohttp transport a timeout
+    (a `ConnectTimeout` of its HTTP layer, "Cannot connect to host ..."): a failed connection, not a slow server."""
+    if isinstance(error, openai.APITimeoutError) and type(error.__cause__).__name__ != "ConnectTimeout":
+        return f"timed out after {timeout_s:g} s"
+    return f"connection failed: {error.__cause__ or error}"
+
+
 class ChatClient:
     """Sends chat requests for one materialization; use as `async with`, inside the event loop."""
 
@@ -171,6 +189,7 @@ class ChatClient:
         self._clients: list[openai.AsyncOpenAI] = []
         self._in_flight: list[int] = []
         self._slots: asyncio.Semaphore | None = None
+        self._endpoints_checked: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatClient:
         self._clients = [self._openai_client(url) for url in self.config.endpoints()]
@@ -183,8 +202,9 @@ class ChatClient:
             await client.close()
 
     def _openai_client(self, base_url: str) -> openai.AsyncOpenAI:
-        async def count_attempt(request: object) -> None:
-            self.usage.http_attempts += 1
+        async def count_attempt(request: Any) -> None:  # the HTTP layer's request
+            if request.method == "POST":  # chat requests, not the check of the endpoint
+                self.usage.http_attempts += 1
 
         http_client = openai.DefaultAioHttpClient(event_hooks={"request": [count_attempt]})
         return openai.AsyncOpenAI(
@@ -220,26 +240,58 @@ class ChatClient:
         if (hit := self.cache.get(key)) is not None:
             self.usage.cache_hits += 1
             self.usage.cached_tokens += hit.prompt_tokens + hit.completion_tokens
-            return ChatReply(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True)
+            return ChatReply(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True, seconds=hit.seconds)
         estimate = self.estimate_tokens(messages, params)
         if not self.budget.reserve(estimate):
             self.usage.failed += 1
             raise RequestFailed("over_budget", f"not sent: the token budget of {self.budget.limit:,} would be exceeded")
+        started = time.perf_counter()
         try:
             reply = await self._send(messages, params, estimate)
         except RequestFailed:
             self.budget.settle(estimate, 0)
             self.usage.failed += 1
             raise
+        reply = dataclasses.replace(reply, seconds=time.perf_counter() - started)
         self.budget.settle(estimate, reply.prompt_tokens + reply.completion_tokens)
         self.usage.requests += 1
         self.usage.prompt_tokens += reply.prompt_tokens
         self.usage.completion_tokens += reply.completion_tokens
-        self.cache.put(key, self.model, CachedReply(reply.text, reply.prompt_tokens, reply.completion_tokens))
+        cached = CachedReply(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.seconds)
+        self.cache.put(key, self.model, cached)
         return reply
+
+    async def check_endpoints(self) -> None:
+        """Ask every replica once which models it serves (`GET /models`, as OpenAI-compatible servers answer);
+        raise EndpointUnusable when one cannot be reached, refuses the key, or does not serve the model.
+
+        A server without the route (404) or failing it (5xx) is given the benefit of the doubt: its chat requests
+        say more. Two attempts and at most 15 s each, so a wrong URL stops a stage within seconds.
+        """
+        for url, client in zip(self.config.endpoints(), self._clients, strict=True):
+            checking = client.with_options(max_retries=1, timeout=min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S))
+            try:
+                served = [model.id async for model in checking.models.list()]
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                raise EndpointUnusable(
+                    self._redact(f"{url} refused the API key (HTTP {error.status_code}): {str(error.message)[:200]}")
+                ) from None
+            except openai.APIConnectionError as error:  # timeouts included
+                raise EndpointUnusable(
+                    self._redact(f"{url} cannot be reached: {connection_problem(error, checking.timeout)}")
+                ) from None
+            except openai.APIStatusError:
+                continue
+            if self.model not in served:
+                raise EndpointUnusable(
+                    f"{url} does not serve the model {self.model!r}; it serves: {', '.join(served) or 'nothing'}"
+                )
 
     async def _send(self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int) -> ChatReply:
         assert self._slots is not None, "use ChatClient as `async with`"
+        if self._endpoints_checked is None:  # before the first request is sent: a run from the cache sends none
+            self._endpoints_checked = asyncio.ensure_future(self.check_endpoints())
+        await asyncio.shield(self._endpoints_checked)
         async with self._slots:
             if self._rpm:
                 await self._rpm.acquire()
@@ -267,10 +319,8 @@ class ChatClient:
     def _describe(self, error: openai.APIError) -> str:
         """Why a request failed, for the records and logs; the key is cut out should the endpoint echo it."""
         retries = f"after {self.config.max_retries} retries"
-        if isinstance(error, openai.APITimeoutError):
-            return f"timed out after {self.config.timeout_s:g} s ({retries})"
-        if isinstance(error, openai.APIConnectionError):
-            return self._redact(f"connection failed ({retries}): {error.__cause__ or error}")
+        if isinstance(error, openai.APIConnectionError):  # timeouts included
+            return self._redact(f"{connection_problem(error, self.config.timeout_s)} ({retries})")
         if isinstance(error, openai.APIStatusError):
             return self._redact(f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}")
         return self._redact(f"{type(error).__name__}: {str(error)[:300]}")

@@ -2,7 +2,8 @@
 
 The key hashes everything that determines a reply — model, messages, sampling parameters and prompt
 version — so a repeated or resumed run never pays twice for the same request, and a changed chunk
-(new text, new key) is the only thing sent again. Failures are never cached.
+(new text, new key) is the only thing sent again. Failures are never cached. A reply may carry how long it took
+to compute (`seconds`), so that a report built from the cache can state the time of the run that computed it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class CachedReply:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    seconds: float | None = None  # how long computing it took; None when not measured (or cached before it was)
 
 
 def request_key(model: str, messages: list[dict[str, str]], params: dict[str, Any], prompt_version: int) -> str:
@@ -44,8 +46,17 @@ class ReplyCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, text TEXT NOT NULL,"
-            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL, seconds REAL)"
         )
+        self._add_seconds_column()
+
+    def _add_seconds_column(self) -> None:
+        """A cache file written before replies carried their seconds gets the column (NULL: not measured)."""
+        try:
+            self._db.execute("ALTER TABLE replies ADD COLUMN seconds REAL")
+        except sqlite3.OperationalError as error:  # it has it: a new file, or another process added it first
+            if "duplicate column" not in str(error):
+                raise
 
     def scoped(self, scope: str) -> ReplyCache:
         """A view of this cache whose keys also depend on `scope`: the identity of what answers beyond its model
@@ -59,14 +70,23 @@ class ReplyCache:
 
     def get(self, key: str) -> CachedReply | None:
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (self._scoped(key),)
+            "SELECT text, prompt_tokens, completion_tokens, seconds FROM replies WHERE key = ?", (self._scoped(key),)
         ).fetchone()
         return CachedReply(*row) if row else None
 
     def put(self, key: str, model: str, reply: CachedReply) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-            (self._scoped(key), model, reply.text, reply.prompt_tokens, reply.completion_tokens, time.time()),
+            "INSERT OR REPLACE INTO replies (key, model, text, prompt_tokens, completion_tokens, created, seconds)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._scoped(key),
+                model,
+                reply.text,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                time.time(),
+                reply.seconds,
+            ),
         )
 
     def __len__(self) -> int:

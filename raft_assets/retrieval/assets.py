@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from raft_assets.ingestion.assets import chunks
+from raft_assets.ingestion.corpus import read_corpus
 from raft_assets.partitions import doc_sources
 from raft_assets.resources.paths import ProjectPaths
 from raft_assets.retrieval.embeddings import (
@@ -20,7 +21,7 @@ from raft_assets.retrieval.embeddings import (
 )
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.retrieval.pending import PendingEmbeddings
-from raft_assets.storage import file_link, markdown_preview, read_all_partitions
+from raft_assets.storage import file_link, markdown_preview
 
 EMBED_SLICE = 1024
 """Chunks embedded between two progress messages and two saves of the pending embeddings."""
@@ -92,8 +93,7 @@ def retrieval_index(
     missing = [source for source in sources if not paths.stage_file("chunks", source).is_file()]
     if missing:
         context.log.warning(f"No chunks yet for sources {', '.join(missing)}: they are not in the index.")
-    all_chunks = read_all_partitions(paths.data_dir, "chunks", sources)
-    frame = all_chunks.unique("chunk_id", keep="first", maintain_order=True)
+    frame = read_corpus(paths.data_dir, sources)
     chunk_ids = frame["chunk_id"].to_list()
 
     folder = index_folder(paths)
@@ -145,7 +145,7 @@ def retrieval_index(
         "newly_embedded": newly_embedded,
         "reused": len(index) - newly_embedded,
         "dropped": len(previous_ids - set(chunk_ids)),
-        "duplicates_across_sources": all_chunks.height - frame.height,
+        "chunks_in_several_sources": int((frame["sources"].list.len() > 1).sum()),
         "model": config.embedding_model,
         "dimension": dimension,
         "seconds": seconds,

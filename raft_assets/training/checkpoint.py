@@ -6,9 +6,10 @@ A run's output folder:
     metrics.jsonl              one JSON line per optimizer step (rank 0)
     step_000200/               a torch.distributed.checkpoint (DCP) checkpoint: `.metadata` and
         .metadata              `__<rank>_0.distcp` shards holding {"model": ..., "optim": ...},
-        __0_0.distcp           and `trainer_state.json` (step, epoch, data position, scheduler)
-        __1_0.distcp
-        trainer_state.json
+        __0_0.distcp           `trainer_state.json` (step, epoch, data position, scheduler) and
+        __1_0.distcp           `probe.json`, what the trained model computed on a fixed probe text
+        trainer_state.json     (the export is compared with it)
+        probe.json
     latest                     the name of the newest complete step folder (written last)
 
 The model state holds the Hugging Face parameter names of the trained module (`model.layers.0.mlp.up_proj.weight`,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,15 @@ PARAMS_FILE = "train_params.yaml"
 METRICS_FILE = "metrics.jsonl"
 LATEST_FILE = "latest"
 STATE_FILE = "trainer_state.json"
+PROBE_FILE = "probe.json"
 STEP_PREFIX = "step_"
 SCHEDULES = ("cosine", "linear", "constant", "step")
 PRECISIONS = ("auto", "bf16", "fp32")
 METHODS = ("full", "lora")
 BACKENDS = ("auto", "nccl", "gloo")
+# The text whose per-token log-probabilities the training script records at every checkpoint and the export
+# computes again from the files it wrote.
+PROBE_TEXT = "What is the context length of Llama 3? Answer with a quote from the documents."
 
 
 @dataclass
@@ -151,6 +157,37 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the trained model computed on `PROBE_TEXT` when a checkpoint was saved (`probe.json` in the step
+    folder): the reference an export of that checkpoint must reproduce."""
+
+    text: str
+    input_ids: list[int]  # the text as the run's tokenizer encodes it
+    token_logprobs: list[float]  # log p(input_ids[i + 1] | input_ids[: i + 1]) in nats, one per id after the first
+    dtype: str  # the dtype the model computed in: "bfloat16" or "float32"
+
+    def save(self, step_folder: Path) -> None:
+        write_text_atomically(Path(step_folder) / PROBE_FILE, json.dumps(dataclasses.asdict(self)) + "\n")
+
+    @classmethod
+    def load(cls, step_folder: Path) -> Probe | None:
+        """The step folder's record; None for a checkpoint saved before the training script recorded one."""
+        path = Path(step_folder) / PROBE_FILE
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: torch.nn.Module, input_ids: Sequence[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """log p(token | the tokens before it) for every token of `input_ids` after the first, in float32, from the
+    model's logits in whatever dtype it computes. Call it on every rank for a sharded model."""
+    ids = torch.tensor([list(input_ids)], device=device)
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    return logits.log_softmax(dim=-1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
 
 
 def lora_config(params: TrainParams):

@@ -1,8 +1,12 @@
-"""From a sharded FSDP checkpoint to a Hugging Face checkpoint that transformers and vLLM load.
+"""From a sharded FSDP checkpoint to a Hugging Face checkpoint that transformers and vLLM load, verified against
+the model that was trained.
 
-The shards are loaded into the base architecture in one process (LoRA weights merged into it), saved as
-safetensors in the training dtype with the config, tokenizer (and its chat template) and generation
-config, then loaded back to check that the saved model computes what the trained one does.
+The shards are loaded into the base architecture in one process (LoRA weights merged into it) and saved as
+safetensors in the training dtype with the config, tokenizer (and its chat template) and generation config.
+Then the saved files are loaded back, and their per-token log-probabilities of the probe text are compared with
+the ones the training script recorded from the sharded model when it saved the checkpoint (`probe.json`): any
+weight that went to the wrong place between the shards and the files shows there. (Comparing the export with
+a reloaded copy of itself could not show it: both come from the same mapping.)
 """
 
 from __future__ import annotations
@@ -12,22 +16,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from raft_assets.files import replace_dir, staging_dir
-from raft_assets.training.checkpoint import TrainParams, latest_checkpoint, load_into_model, load_params, lora_config
-
-VERIFY_TEXT = "What is the context length of Llama 3? Answer with a quote from the documents."
+from raft_assets.training.checkpoint import (
+    PROBE_TEXT,
+    Probe,
+    TrainParams,
+    latest_checkpoint,
+    load_into_model,
+    load_params,
+    lora_config,
+    token_logprobs,
+)
 
 
 @dataclass(frozen=True)
 class Export:
     path: Path
     step_folder: Path
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the saved weights
+    compute_dtype: torch.dtype  # of the comparison: the dtype the training computed the probe in
     parameters: int
-    max_logit_diff: float  # saved-and-reloaded vs the trained model in the same dtype (0 when lossless)
-    max_logit_diff_vs_fp32: float  # what saving in the training dtype changes
+    # the exported files vs the trained, sharded model on the probe text; None when the checkpoint has no probe
+    # record (saved by a training script older than the record)
+    max_logprob_diff_vs_training: float | None
+    # the exported files in `compute_dtype` vs the trained weights in float32: the rounding of that dtype alone,
+    # the yardstick for the difference from training
+    max_logprob_diff_vs_fp32: float
 
 
 def training_dtype(params: TrainParams) -> torch.dtype:
@@ -53,20 +69,8 @@ def trained_model(params: TrainParams, step_folder: Path) -> torch.nn.Module:
     return model
 
 
-def export_hf_checkpoint(run_dir: Path, target: Path) -> Export:
-    params = load_params(run_dir)
-    step_folder = latest_checkpoint(run_dir)
-    if step_folder is None:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint: materialize fsdp_checkpoint first.")
-    tokenizer = AutoTokenizer.from_pretrained(params.base_model)
-    model = trained_model(params, step_folder).eval()
-    batch = tokenizer(VERIFY_TEXT, return_tensors="pt")
-    dtype = training_dtype(params)
-    with torch.no_grad():
-        fp32_logits = model(**batch).logits.float()
-        model.to(dtype)
-        trained_logits = model(**batch).logits.float()
-
+def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """The model and tokenizer into a folder beside `target`, renamed into place."""
     staging = staging_dir(target, "exporting")
     try:
         model.save_pretrained(staging, safe_serialization=True)
@@ -75,14 +79,35 @@ def export_hf_checkpoint(run_dir: Path, target: Path) -> Export:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    reloaded = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, use_safetensors=True).eval()
-    with torch.no_grad():
-        reloaded_logits = reloaded(**batch).logits.float()
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def export_hf_checkpoint(run_dir: Path, target: Path) -> Export:
+    params = load_params(run_dir)
+    step_folder = latest_checkpoint(run_dir)
+    if step_folder is None:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint: materialize fsdp_checkpoint first.")
+    tokenizer = AutoTokenizer.from_pretrained(params.base_model)
+    probe = Probe.load(step_folder)
+    dtype = training_dtype(params)
+    compute_dtype = getattr(torch, probe.dtype) if probe else dtype
+    input_ids = probe.input_ids if probe else tokenizer(PROBE_TEXT)["input_ids"]
+
+    model = trained_model(params, step_folder).eval()
+    fp32_logprobs = token_logprobs(model, input_ids)
+    save(model.to(dtype), tokenizer, target)
+    del model
+
+    exported = AutoModelForCausalLM.from_pretrained(target, dtype=compute_dtype, use_safetensors=True).eval()
+    logprobs = token_logprobs(exported, input_ids)
     return Export(
         path=target,
         step_folder=step_folder,
         dtype=dtype,
-        parameters=sum(p.numel() for p in reloaded.parameters()),
-        max_logit_diff=float((reloaded_logits - trained_logits).abs().max()),
-        max_logit_diff_vs_fp32=float((reloaded_logits - fp32_logits).abs().max()),
+        compute_dtype=compute_dtype,
+        parameters=sum(p.numel() for p in exported.parameters()),
+        max_logprob_diff_vs_training=max_abs_diff(logprobs, torch.tensor(probe.token_logprobs)) if probe else None,
+        max_logprob_diff_vs_fp32=max_abs_diff(logprobs, fp32_logprobs),
     )

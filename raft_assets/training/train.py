@@ -15,7 +15,8 @@ The loop:
   and ranks (token-weighted: each micro-batch's summed loss is divided by the step's global label-token count,
   and multiplied by the world size because FSDP averages gradients over ranks);
 - sharded checkpoints (model and optimizer, DCP) every `save_every_steps` and at the end, resumed
-  exactly from `OUTPUT_DIR/latest` on restart;
+  exactly from `OUTPUT_DIR/latest` on restart; each holds the probe record, the per-token log-probabilities
+  of a fixed text computed by the sharded model as trained, which its export must reproduce;
 - rank 0 writes `metrics.jsonl`, and under Dagster Pipes streams each step and reports the materialization;
 - under torchrun a worker dies with its launcher (Linux), so a killed run leaves no orphan training on.
 """
@@ -59,13 +60,16 @@ from raft_assets.files import write_text_atomically
 from raft_assets.training.checkpoint import (
     METRICS_FILE,
     PARAMS_FILE,
+    PROBE_TEXT,
     STATE_FILE,
+    Probe,
     TrainParams,
     latest_checkpoint,
     lora_config,
     read_metrics,
     read_trainer_state,
     step_folder_name,
+    token_logprobs,
     write_latest,
 )
 from raft_assets.training.data import IGNORE_INDEX, RankShards, collate, model_inputs, pack, tokenize_file
@@ -343,13 +347,25 @@ def evaluate(model, shards: RankShards, env: Dist, attn: str, dtype: torch.dtype
 # --- checkpoints -----------------------------------------------------------------------------------------
 
 
+def record_probe(model: torch.nn.Module, input_ids: list[int], env: Dist, dtype: torch.dtype) -> Probe:
+    """The probe text's per-token log-probabilities on the model as trained. Every rank runs the forward (each
+    holds a shard of every layer); the result is the same on all."""
+    model.eval()
+    logprobs = token_logprobs(model, input_ids, env.device)
+    model.train()
+    return Probe(PROBE_TEXT, input_ids, logprobs.tolist(), dtype=str(dtype).removeprefix("torch."))
+
+
 def state_options(params: TrainParams) -> StateDictOptions:
     # LoRA: only the adapter weights (and their optimizer state) are saved; the base stays the base checkpoint.
     return StateDictOptions(ignore_frozen_params=params.method == "lora")
 
 
-def save_checkpoint(output_dir: Path, step: int, model, optimizer, trainer_state: dict[str, Any], env: Dist, params):
-    """DCP shards of model and optimizer into a hidden folder, renamed into place, then `latest` names it."""
+def save_checkpoint(
+    output_dir: Path, step: int, model, optimizer, trainer_state: dict[str, Any], probe: Probe, env: Dist, params
+):
+    """DCP shards of model and optimizer, the trainer state and the probe record into a hidden folder, renamed
+    into place, then `latest` names it."""
     name = step_folder_name(step)
     partial, final = output_dir / f".{name}.partial", output_dir / name
     if env.main:
@@ -360,6 +376,7 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, trainer_state
     dist.barrier()  # every shard is written
     if env.main:
         write_text_atomically(partial / STATE_FILE, json.dumps(trainer_state, indent=2) + "\n")
+        probe.save(partial)
         shutil.rmtree(final, ignore_errors=True)  # a complete folder a killed run saved but never pointed at
         partial.rename(final)
         write_latest(output_dir, name)
@@ -501,6 +518,7 @@ def _train(params: TrainParams, env: Dist, reporter: Reporter, output_dir: Path)
     # Data: every rank tokenizes and packs the same way, then takes its own slice.
     tokenizer = AutoTokenizer.from_pretrained(params.base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    probe_ids = tokenizer(PROBE_TEXT)["input_ids"]
     train_packing = pack(tokenize_file(tokenizer, Path(params.train_file)), params.context_length)
     if not train_packing.blocks:
         raise ValueError(f"no training sample of {params.train_file} fits in {params.context_length} tokens")
@@ -599,7 +617,8 @@ def _train(params: TrainParams, env: Dist, reporter: Reporter, output_dir: Path)
                     "world_size": env.world_size,
                     "scheduler": scheduler.state_dict(),
                 }
-                last_saved = save_checkpoint(output_dir, step, model, optimizer, trainer_state, env, params)
+                probe = record_probe(model, probe_ids, env, dtype)
+                last_saved = save_checkpoint(output_dir, step, model, optimizer, trainer_state, probe, env, params)
                 reporter.log(f"saved {last_saved.name}")
         epoch, skip = epoch + 1, 0
     if last_saved is None:  # nothing left to train (a finished run started again)
