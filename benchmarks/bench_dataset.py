@@ -32,7 +32,7 @@ Measured:
    probability 0.05 an extra refusal record, its `hf` records written as JSON lines), re-implemented here for the
    comparison, then the fine-tuning loader's 90/10 random row split (seed 42). Its phases timed as in 2, its peak
    RSS; then, untimed, its leakage: the share of its test rows whose document (and oracle chunk, and question) also
-   appears in its train rows; ours is 0 by construction, and the asset checks it (`no_document_across_splits`).
+   appears in its train rows; ours is 0 by construction, and the asset checks it (`splits_disjoint`).
 
 Run from the repository root (by hand, not in CI; it writes about 6 GB under the temporary folder):
 
@@ -340,7 +340,7 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
     started = time.perf_counter()
     import dagster as dg
 
-    from raft_assets.dataset.assets import raft_dataset
+    from raft_assets.dataset.assets import raft_dataset, raft_dataset_checks
     from raft_assets.generation.assets import cot_answers, questions
     from raft_assets.ingestion.assets import chunks, documents
     from raft_assets.partitions import doc_sources
@@ -360,8 +360,8 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
         if profiler:
             profiler.enable()
         result = dg.materialize(
-            [documents, chunks, questions, cot_answers, retrieval_index, base_model, raft_dataset],
-            selection=[raft_dataset],
+            [documents, chunks, questions, cot_answers, retrieval_index, base_model, raft_dataset, raft_dataset_checks],
+            selection=[raft_dataset],  # and its checks, which read the files back
             instance=instance,
             resources={"paths": project_paths(work), "llm": LLMResource()},  # `llm`: questions' (unused)
             run_config=RUN_CONFIG,
@@ -408,7 +408,13 @@ def timed(phases: list[Phase], name: str, work: Callable[[], Any]) -> Any:
 def phases_child(work: Path) -> dict[str, Any]:
     """The asset's steps called one by one, as `raft_dataset` calls them, into a folder of their own."""
     from raft_assets.dataset.assets import RaftDatasetConfig, load_samples
-    from raft_assets.dataset.builder import PartTokens, assign_splits, plan_records, write_dataset
+    from raft_assets.dataset.builder import (
+        PartTokens,
+        assign_splits,
+        plan_records,
+        training_documents_needed,
+        write_dataset,
+    )
     from raft_assets.dataset.lengths import TokenLengths
     from raft_assets.retrieval.index import ChunkIndex
     from raft_assets.training.base_model import load_tokenizer, read_pointer
@@ -423,7 +429,12 @@ def phases_child(work: Path) -> dict[str, Any]:
         phases,
         "assign_splits",
         lambda: assign_splits(
-            sorted({s.doc_id for s in samples}), config.test_fraction, config.eval_fraction, config.seed
+            sorted({s.doc_id for s in samples}),
+            config.test_fraction,
+            config.eval_fraction,
+            config.min_split_documents,
+            config.seed,
+            training_documents_needed(options, passages, {s.doc_id for s in samples}),
         ),
     )
 
@@ -767,7 +778,7 @@ def reference_features(run: ChildRun, reference: ChildRun) -> str:
     """What the reference design lacks that ours does, with the figures of both runs."""
     meta, theirs = run.result["metadata"], reference.result
     leaks = theirs["leakage"]
-    split_check = pass_fail(run.result["checks"].get("no_document_across_splits", False))
+    split_check = pass_fail(run.result["checks"].get("splits_disjoint", False))
     test_rows = f"{theirs['test_rows']:,} test rows of {theirs['records']:,}"
     return "\n".join(
         [
@@ -781,7 +792,7 @@ def reference_features(run: ChildRun, reference: ChildRun) -> str:
             f"| refusal records | refusal_share {meta['refusal_share']:.3f} | {theirs['refusal_records']:,} extra "
             f"records ({share(theirs['refusal_records'] / theirs['questions'])} of the questions) |",
             f"| train/test split | by document, {meta['eval_documents']:,} more documents held out for evaluation; "
-            f"no test document in train: 0% leakage by construction (check no_document_across_splits {split_check}) "
+            f"no test document in train: 0% leakage by construction (check splits_disjoint {split_check}) "
             f"| random rows at load time (90/10, seed 42): of its {test_rows}, **{share(leaks['document'])}** "
             f"share their document with a train row, {share(leaks['oracle chunk'])} their oracle chunk, "
             f"{share(leaks['question'])} their exact question (a refusal record and its original split apart) |",

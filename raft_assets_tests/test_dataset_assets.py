@@ -47,6 +47,7 @@ def test_splits_keep_documents_apart_and_the_eval_set_never_overlaps_training(sa
     train_docs, test_docs = {r["doc_id"] for r in train}, {r["doc_id"] for r in test}
     eval_docs = {item["doc_id"] for item in evaluation}
     assert not train_docs & test_docs and not eval_docs & (train_docs | test_docs)
+    assert len(test_docs) >= 3 and len(eval_docs) >= 3  # the sample corpus measures more than one document
     assert not {item["question"] for item in evaluation} & {r["question"] for r in train}
     assert all(set(item) >= {"question", "answer", "doc_id", "source", "id"} for item in evaluation)
 

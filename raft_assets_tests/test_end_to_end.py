@@ -23,6 +23,7 @@ JUDGE_FAULTS = {"http_503": 0.05}
 RUN_CONFIG = {
     "ops": {
         "questions": {"config": {"questions_per_chunk": 2}},
+        "eval_set": {"config": {"size": 20}},  # enough for every system's numbers; each is answered and judged
         "fsdp_checkpoint": {"config": {"max_steps": 4, "save_every_steps": 2}},
         "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
     }

@@ -51,23 +51,20 @@ def split_documents(documents: pl.DataFrame, chunk_size: int, chunk_overlap: int
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=chunk_size, chunk_overlap=chunk_overlap, separators=SEPARATORS, length_function=len
     )
-    occurrences: dict[str, list[tuple[str, int]]] = {}  # chunk_id -> (doc_id, position), in reading order
-    texts: dict[str, str] = {}
-    source_of: dict[str, str] = {}
-    dropped_short = merged = 0
+    occurrences: list[tuple[str, str, str, int, str]] = []  # every kept chunk of every document, repeats included
+    dropped_short = 0
     for doc in documents.filter(pl.col("error").is_null()).iter_rows(named=True):
         for position, text in enumerate(splitter.split_text(doc["text"])):
             if len(text) <= min_chars:
                 dropped_short += 1
                 continue
-            chunk_id = content_hash(text)
-            merged += chunk_id in texts
-            texts[chunk_id] = text
-            source_of[chunk_id] = doc["source"]
-            occurrences.setdefault(chunk_id, []).append((doc["doc_id"], position))
-    rows = []
-    for chunk_id, found in occurrences.items():
-        doc_id, position = min(found)
-        rows.append((chunk_id, doc_id, source_of[chunk_id], position, texts[chunk_id], sorted({d for d, _ in found})))
-    frame = pl.DataFrame(rows, schema=CHUNK_SCHEMA, orient="row")
-    return ChunkingResult(frame, dropped_short, merged)
+            occurrences.append((content_hash(text), doc["doc_id"], doc["source"], position, text))
+    schema = {name: dtype for name, dtype in CHUNK_SCHEMA.items() if name != "doc_ids"}
+    found = pl.DataFrame(occurrences, schema=schema, orient="row")
+    first_holder = pl.col("doc_id", "source", "position").sort_by("doc_id", "position").first()
+    frame = (
+        found.group_by("chunk_id", maintain_order=True)
+        .agg(first_holder, pl.col("text").first(), pl.col("doc_id").unique().sort().alias("doc_ids"))
+        .select(list(CHUNK_SCHEMA))
+    )
+    return ChunkingResult(frame, dropped_short, found.height - frame.height)
