@@ -95,8 +95,14 @@ class RaftDatasetConfig(dg.Config):
     distractors: Literal["random", "hard", "mixed"] = Field(
         default="mixed", description="random (the reference), hard (nearest chunks by embedding) or half of each."
     )
-    seed: int = 42
-    test_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of documents whose questions test.")
+    seed: int = Field(default=42, description="Drives every random choice (the reference's `random` is never seeded).")
+    test_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of documents whose questions test. The reference splits rows 90/10 at random when "
+        "training loads them, so test questions share documents and chunks with training ones.",
+    )
     eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of documents reserved for the eval set.")
     min_split_documents: int = Field(
         default=FEW_DOCUMENTS,
@@ -104,7 +110,9 @@ class RaftDatasetConfig(dg.Config):
         description="Fewest documents for test and for eval (when their fraction is not 0) while training keeps one; "
         "a split with fewer is warned about.",
     )
-    require_quotes_ok: bool = Field(default=True, description="Use only answers whose quotes were found.")
+    require_quotes_ok: bool = Field(
+        default=True, description="Use only answers whose quotes were found in the chunk (the reference keeps all)."
+    )
     context_length: int | None = Field(default=None, gt=0, description="Default: the base model's context length.")
     overlength: Literal["drop", "truncate"] = "drop"
 
