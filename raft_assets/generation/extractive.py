@@ -82,13 +82,16 @@ _STOP_WORDS = set(
 )
 
 
-SENTENCE_RULE = "6 to 60 words ending with . ! or ?"
+MIN_WORDS, MAX_WORDS, SENTENCE_ENDS = 6, 60, ".!?"  # a quotable sentence
+SENTENCE_RULE = f"{MIN_WORDS} to {MAX_WORDS} words ending with one of {SENTENCE_ENDS}"
 
 
 def sentences(text: str) -> list[str]:
     """Prose sentences (`SENTENCE_RULE`), whitespace collapsed: the quotable ones."""
     found = (_LEADING_MARKUP.sub("", " ".join(part.split())) for part in _SENTENCE_BREAK.split(text))
-    return [s for s in found if 6 <= len(s.split()) <= 60 and s[-1] in ".!?" and not _RULE.search(s)]
+    return [
+        s for s in found if MIN_WORDS <= len(s.split()) <= MAX_WORDS and s[-1] in SENTENCE_ENDS and not _RULE.search(s)
+    ]
 
 
 def question_for(sentence: str) -> str:
