@@ -24,5 +24,5 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto
 
 dev: $(STAMP)
-	$(VENV)/bin/python -m raft_assets.instance
+	$(VENV)/bin/python -m raft_assets.defs.instance
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))
 
 from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
-from raft_assets.evaluation.answering import AnswerRequest, TransformersBackend  # noqa: E402
+from raft_assets.contracts.sources import load_sources  # noqa: E402
+from raft_assets.inference.answering import AnswerRequest, TransformersBackend  # noqa: E402
 from raft_assets.ingestion.chunking import split_documents  # noqa: E402
 from raft_assets.ingestion.documents import load_source  # noqa: E402
-from raft_assets.ingestion.sources import load_sources  # noqa: E402
 from raft_assets.training.base_model import build_tiny_model  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"

@@ -181,10 +181,8 @@ def source_frames(
     """The four stage frames (documents, chunks, questions, cot_answers) of one source."""
     import polars as pl
 
-    from raft_assets.generation.tasks import ANSWER_SCHEMA, QUESTION_SCHEMA
+    from raft_assets.contracts.tables import ANSWER_SCHEMA, CHUNK_SCHEMA, DOCUMENT_SCHEMA, QUESTION_SCHEMA
     from raft_assets.hashing import content_hash
-    from raft_assets.ingestion.chunking import CHUNK_SCHEMA
-    from raft_assets.ingestion.documents import DOCUMENT_SCHEMA
 
     rows: dict[str, list[tuple[Any, ...]]] = {"documents": [], "chunks": [], "questions": [], "cot_answers": []}
     for offset, size in enumerate(sizes):
@@ -264,7 +262,7 @@ def write_sources_file(work: Path, sources: list[str]) -> None:
 
 def generate_inputs(work: Path, chunks: int, docs: int, sources: int, questions_per_chunk: int, seed: int) -> Inputs:
     """Write every input `raft_dataset` reads under `work` (see the module docstring)."""
-    from raft_assets.storage import write_parquet
+    from raft_assets.contracts.tables import write_parquet
 
     started = time.perf_counter()
     names = source_names(sources)
@@ -316,7 +314,7 @@ def reset_peak_rss() -> bool:
 
 
 def project_paths(work: Path) -> Any:
-    from raft_assets.resources.paths import ProjectPaths
+    from raft_assets.defs.resources import ProjectPaths
 
     return ProjectPaths(
         sources_file=str(work / "sources.yaml"),
@@ -340,13 +338,13 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
     started = time.perf_counter()
     import dagster as dg
 
-    from raft_assets.dataset.assets import raft_dataset, raft_dataset_checks
-    from raft_assets.generation.assets import cot_answers, questions
-    from raft_assets.ingestion.assets import chunks, documents
-    from raft_assets.partitions import doc_sources
-    from raft_assets.resources.llm import LLMResource
-    from raft_assets.retrieval.assets import retrieval_index
-    from raft_assets.training.assets import base_model
+    from raft_assets.defs.dataset.assets import raft_dataset, raft_dataset_checks
+    from raft_assets.defs.generation.assets import cot_answers, questions
+    from raft_assets.defs.ingestion.assets import chunks, documents
+    from raft_assets.defs.partitions import doc_sources
+    from raft_assets.defs.resources import LLMResource
+    from raft_assets.defs.retrieval.assets import retrieval_index
+    from raft_assets.defs.training.assets import base_model
 
     import_s = time.perf_counter() - started
     rss_after_import = memory_status_mb("VmRSS")
@@ -407,7 +405,7 @@ def timed(phases: list[Phase], name: str, work: Callable[[], Any]) -> Any:
 
 def phases_child(work: Path) -> dict[str, Any]:
     """The asset's steps called one by one, as `raft_dataset` calls them, into a folder of their own."""
-    from raft_assets.dataset.assets import RaftDatasetConfig, load_samples
+    from raft_assets.contracts.layout import Layout
     from raft_assets.dataset.builder import (
         PartTokens,
         assign_splits,
@@ -416,6 +414,7 @@ def phases_child(work: Path) -> dict[str, Any]:
         write_dataset,
     )
     from raft_assets.dataset.lengths import TokenLengths
+    from raft_assets.defs.dataset.assets import RaftDatasetConfig, load_samples
     from raft_assets.retrieval.index import ChunkIndex
     from raft_assets.training.base_model import load_tokenizer, read_pointer
 
@@ -458,7 +457,7 @@ def phases_child(work: Path) -> dict[str, Any]:
     stats = timed(
         phases,
         "write_dataset (token counts included)",
-        lambda: write_dataset(work / "phases" / "raft", plans, samples, passages, options, lengths),
+        lambda: write_dataset(Layout.of(work / "phases", work / "phases"), plans, samples, passages, options, lengths),
     )
     return {
         "phases": [asdict(phase) for phase in phases],

@@ -40,12 +40,13 @@ sys.path.insert(0, str(REPO))
 
 from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
+from raft_assets.contracts.prompts import load_prompts  # noqa: E402
+from raft_assets.defs.resources import LLMResource  # noqa: E402
 from raft_assets.generation.progress import StageProgress  # noqa: E402
-from raft_assets.generation.prompts import load_prompts  # noqa: E402
 from raft_assets.generation.tasks import generate_answers, generate_questions  # noqa: E402
 from raft_assets.hashing import content_hash  # noqa: E402
-from raft_assets.resources.llm import ChatClient, LLMResource  # noqa: E402
-from raft_assets.resources.reply_cache import ReplyCache  # noqa: E402
+from raft_assets.llm.client import ChatClient  # noqa: E402
+from raft_assets.llm.reply_cache import ReplyCache  # noqa: E402
 
 LATENCY_S = 0.2
 CAPACITY = 64

@@ -264,8 +264,8 @@ def materialize_in_this_process(work: Path, source: str, profile_top: int) -> di
     started = time.perf_counter()
     import dagster as dg
 
-    from raft_assets.ingestion.assets import chunks, documents
-    from raft_assets.resources.paths import ProjectPaths
+    from raft_assets.defs.ingestion.assets import chunks, documents
+    from raft_assets.defs.resources import ProjectPaths
 
     import_s = time.perf_counter() - started
     rss_after_import = memory_status_mb("VmRSS")
@@ -499,7 +499,7 @@ def run_linearity(documents_file: Path, scales: list[int], repeat: int) -> list[
     """
     import polars as pl
 
-    from raft_assets.ingestion.assets import ChunksConfig
+    from raft_assets.defs.ingestion.assets import ChunksConfig
     from raft_assets.ingestion.chunking import split_documents
 
     config = ChunksConfig()

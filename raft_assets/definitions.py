@@ -2,22 +2,23 @@
 
 import dagster as dg
 
-from raft_assets import deployment
-from raft_assets.automation.conditions import on_upstream_data_change
-from raft_assets.automation.jobs import crawl_job, per_source_job
-from raft_assets.automation.schedules import crawl_schedule
-from raft_assets.automation.sensors import automation_sensor, doc_sources_sensor, local_folders_sensor
-from raft_assets.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
-from raft_assets.evaluation.assets import eval_report
-from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.resources.trainer import TrainerResource
-from raft_assets.resources.vllm import VLLMResource
-from raft_assets.retrieval.assets import retrieval_index
-from raft_assets.training.assets import base_model, fsdp_checkpoint, hf_checkpoint
+from raft_assets.defs import deployment
+from raft_assets.defs.automation.conditions import on_upstream_data_change
+from raft_assets.defs.automation.jobs import crawl_job, per_source_job
+from raft_assets.defs.automation.schedules import crawl_schedule
+from raft_assets.defs.automation.sensors import automation_sensor, doc_sources_sensor, local_folders_sensor
+from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
+from raft_assets.defs.evaluation.assets import eval_report
+from raft_assets.defs.evaluation.vllm import VLLMResource
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.resources import LLMResource, ProjectPaths
+from raft_assets.defs.retrieval.assets import retrieval_index
+from raft_assets.defs.training.assets import base_model, fsdp_checkpoint, hf_checkpoint
+from raft_assets.defs.training.trainer import TrainerResource
+from raft_assets.settings import load_settings
 
+SETTINGS = load_settings()
 OWNERS = ["team:ml-platform"]  # shown on every asset in the UI: who to ask about it
 
 
@@ -48,11 +49,11 @@ defs = dg.Definitions(
     jobs=[per_source_job, crawl_job],
     schedules=[crawl_schedule],
     sensors=[doc_sources_sensor, local_folders_sensor, automation_sensor],
-    executor=deployment.executor(),
+    executor=deployment.executor(SETTINGS.executor),
     resources={
-        "paths": ProjectPaths.from_env(),
-        "llm": LLMResource.from_env("RAFT_LLM"),
-        "judge": LLMResource.from_env("RAFT_JUDGE"),
+        "paths": ProjectPaths.from_settings(SETTINGS),
+        "llm": LLMResource.from_variables(SETTINGS.generator),
+        "judge": LLMResource.from_variables(SETTINGS.judge),
         "trainer": TrainerResource(),
         "vllm": VLLMResource(),
     },

@@ -5,7 +5,8 @@ What these helpers publish has the modes of any file the process creates: 0666 f
 folders and executables) less the umask. Writers that go through a private temporary file do not give
 that: transformers' `save_pretrained` leaves `model.safetensors` at 0600, which a vLLM container or a
 Kubernetes pod running as another user of a shared volume cannot read. So `replace_dir` sets the modes of
-everything it publishes; `write_text_atomically` creates its file with `open`, which follows the umask.
+everything it publishes; `written_atomically` leaves the file to its writer, which creates it with `open` or
+the like, following the umask.
 """
 
 from __future__ import annotations
@@ -13,14 +14,28 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text_atomically(path: Path, text: str) -> None:
+@contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (`.<name>.partial`) to write the file at, renamed to `path` when the block
+    ends (deleted when it raises). A run killed while writing leaves the partial file, which the next one replaces.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    with written_atomically(path) as partial:
+        partial.write_text(text, encoding="utf-8")
 
 
 def staging_dir(target: Path, purpose: str) -> Path:
@@ -31,16 +46,22 @@ def staging_dir(target: Path, purpose: str) -> Path:
 
 
 def replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` at `target` with the umask's modes, moving any old folder there aside first and
-    then deleting it."""
+    """Put the folder `new` at `target` with the umask's modes, moving any old folder there aside first
+    (to `.<name>.old`, where `recover_dir` finds it after a crash between the two renames) and then deleting it."""
     follow_umask(new)
-    if not target.exists():
-        new.rename(target)
-        return
-    old = staging_dir(target, "old")
-    target.rename(old)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
     new.rename(target)
-    shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """Put back the folder that `replace_dir` moved aside when a crash stopped it before the new one was in place."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        old.rename(target)
 
 
 def follow_umask(root: Path) -> None:

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from raft_assets.resources.paths import ProjectPaths
+from raft_assets.defs.resources import ProjectPaths
 
 REPO = Path(__file__).resolve().parents[1]
 RAFT_ASSETS = str(Path(sys.executable).parent / "raft-assets")
@@ -75,9 +75,9 @@ def run_assets(
 ) -> dg.ExecuteInProcessResult:
     """Materialize `selection` out of the whole graph (with the extractive generator unless told otherwise)."""
     from raft_assets.definitions import defs
-    from raft_assets.resources.llm import LLMResource
-    from raft_assets.resources.trainer import TrainerResource
-    from raft_assets.resources.vllm import VLLMResource
+    from raft_assets.defs.evaluation.vllm import VLLMResource
+    from raft_assets.defs.resources import LLMResource
+    from raft_assets.defs.training.trainer import TrainerResource
 
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
@@ -101,12 +101,12 @@ def run_assets(
 @pytest.fixture(scope="session")
 def sample_pipeline(tmp_path_factory):
     """The shipped sample corpus through `eval_set`, with the extractive generator and the tiny model."""
-    from raft_assets.dataset.assets import eval_set, raft_dataset
-    from raft_assets.generation.assets import cot_answers, questions
-    from raft_assets.ingestion.assets import chunks, documents
-    from raft_assets.partitions import doc_sources
-    from raft_assets.retrieval.assets import retrieval_index
-    from raft_assets.training.assets import base_model
+    from raft_assets.defs.dataset.assets import eval_set, raft_dataset
+    from raft_assets.defs.generation.assets import cot_answers, questions
+    from raft_assets.defs.ingestion.assets import chunks, documents
+    from raft_assets.defs.partitions import doc_sources
+    from raft_assets.defs.retrieval.assets import retrieval_index
+    from raft_assets.defs.training.assets import base_model
 
     root = tmp_path_factory.mktemp("pipeline")
     project = ProjectPaths(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from raft_assets.instance import TEMPLATE
+from raft_assets.defs.instance import TEMPLATE
 from raft_assets_tests.conftest import cli_env
 
 REPO = Path(__file__).resolve().parents[1]

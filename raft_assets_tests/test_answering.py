@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,23 +12,16 @@ from typing import Any
 import polars as pl
 import pytest
 
-from raft_assets.dataset.records import chat_messages
-from raft_assets.evaluation.answering import (
-    Answer,
-    AnswerRequest,
-    EndpointBackend,
-    TransformersBackend,
-    answer_messages,
-)
-from raft_assets.evaluation.retrieval import Retriever
-from raft_assets.generation.prompts import documents_block
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.raft_format import chat_messages, documents_block
+from raft_assets.contracts.tables import CHUNK_SCHEMA, DOCUMENT_SCHEMA
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.chunking import CHUNK_SCHEMA
-from raft_assets.ingestion.documents import DOCUMENT_SCHEMA
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.reply_cache import CachedReply, ReplyCache
+from raft_assets.inference.answering import Answer, AnswerRequest, EndpointBackend, TransformersBackend, answer_messages
+from raft_assets.llm.client import Endpoint
+from raft_assets.llm.reply_cache import CachedReply, ReplyCache
 from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, embed, load_embedder
 from raft_assets.retrieval.index import ChunkIndex
+from raft_assets.retrieval.retriever import Retriever
 from raft_assets.training.base_model import build_tiny_model
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 
@@ -217,9 +211,9 @@ def test_endpoint_backend_answers_through_the_client_with_errors_per_request_and
     requests = rag_requests(6)
     failing = AnswerRequest("FAIL this one", CHUNK_TEXTS[:2])
     with OpenAITestServer(question_echo, keep_bodies=True) as server:
-        llm = LLMResource(base_url=server.base_url, model="test-model", max_retries=1, max_concurrency=4)
+        endpoint = Endpoint.at(server.base_url, model="test-model", max_retries=1, max_concurrency=4)
         cache = ReplyCache(tmp_path / "replies.sqlite")
-        backend = EndpointBackend(llm, cache, max_new_tokens=64)
+        backend = EndpointBackend(endpoint, cache, max_new_tokens=64)
 
         answers = asyncio.run(backend.answer_all([*requests[:3], failing, *requests[3:]]))
         assert [answer.text for answer in answers[:3]] == [
@@ -276,7 +270,7 @@ def test_a_reply_cache_written_before_replies_had_their_seconds_opens_and_keeps_
 
 def test_retriever_finds_the_chunk_of_an_exact_text_query_with_its_document(project_root: Path):
     generated = project_root / "generated"
-    retriever = Retriever.load(generated / "index", generated)
+    retriever = Retriever.load(Layout.of(generated, project_root))
     fsdp, raft = CHUNK_TEXTS[7], CHUNK_TEXTS[5]
     results = retriever.top_k([fsdp, raft], k=3)
 
@@ -296,9 +290,10 @@ def test_retriever_finds_the_chunk_of_an_exact_text_query_with_its_document(proj
 
 def test_retriever_needs_the_chunks_of_its_index(project_root: Path, tmp_path: Path):
     generated = project_root / "generated"
+    shutil.copytree(generated / "index", tmp_path / "index")  # the index, without its chunks
     with pytest.raises(FileNotFoundError, match="materialize 'chunks' first"):
-        Retriever.load(generated / "index", tmp_path)
+        Retriever.load(Layout.of(tmp_path, tmp_path))
     (tmp_path / "chunks").mkdir()
     pl.read_parquet(generated / "chunks" / "llama.parquet").write_parquet(tmp_path / "chunks" / "llama.parquet")
     with pytest.raises(ValueError, match="materialize 'retrieval_index' again"):
-        Retriever.load(generated / "index", tmp_path)
+        Retriever.load(Layout.of(tmp_path, tmp_path))

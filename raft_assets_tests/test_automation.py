@@ -7,12 +7,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from raft_assets.automation.conditions import on_upstream_data_change
-from raft_assets.automation.schedules import crawl_schedule
-from raft_assets.automation.sensors import local_folders_sensor
 from raft_assets.definitions import defs
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
+from raft_assets.defs.automation.conditions import on_upstream_data_change
+from raft_assets.defs.automation.schedules import crawl_schedule
+from raft_assets.defs.automation.sensors import local_folders_sensor
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
 from raft_assets_tests.conftest import REPO, SOURCES, run_assets, write_sources
 
 

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from fpdf import FPDF
 
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
 from raft_assets_tests.conftest import run_assets, write_sources
 from raft_assets_tests.test_ingestion_assets import materialize
 from raft_assets_tests.test_sitemap import page, sitemap

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from raft_assets.contracts.layout import Layout
 from raft_assets.training.base_model import (
     BEGIN_OF_TEXT,
     END_HEADER,
@@ -139,35 +140,35 @@ def test_a_failed_rebuild_keeps_the_previous_build(tmp_path: Path):
 
 def test_resolver_reuses_the_build_until_the_corpus_changes(tmp_path: Path):
     corpus = sample_corpus()
-    built = resolve_base_model(TINY, tmp_path, lambda: corpus)
+    built = resolve_base_model(TINY, Layout.of(tmp_path, tmp_path), lambda: corpus)
     assert built.built and built.path == (tmp_path / "base" / TINY).resolve()
     weights = built.path / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
 
-    reused = resolve_base_model(TINY, tmp_path, lambda: corpus)
+    reused = resolve_base_model(TINY, Layout.of(tmp_path, tmp_path), lambda: corpus)
     assert not reused.built
     assert reused == BaseModel(**{**vars(built), "built": False})
     assert weights.stat().st_mtime_ns == mtime
 
     changed = [*corpus, "A new page about retrieval augmented fine tuning and its distractor documents."]
-    rebuilt = resolve_base_model(TINY, tmp_path, lambda: changed)
+    rebuilt = resolve_base_model(TINY, Layout.of(tmp_path, tmp_path), lambda: changed)
     assert rebuilt.built
     assert json.loads((rebuilt.path / "build.json").read_text())["documents"] == len(changed)
 
     weights.unlink()  # an incomplete folder is rebuilt, not used
-    assert resolve_base_model(TINY, tmp_path, lambda: changed).built
+    assert resolve_base_model(TINY, Layout.of(tmp_path, tmp_path), lambda: changed).built
     assert weights.is_file()
 
 
 def test_local_directory(tiny: BaseModel, tmp_path: Path):
-    model = resolve_base_model(str(tiny.path), tmp_path, no_corpus)
+    model = resolve_base_model(str(tiny.path), Layout.of(tmp_path, tmp_path), no_corpus)
     assert model == BaseModel(**{**vars(tiny), "name": str(tiny.path), "built": False})
 
     local = tmp_path / "long_context"
     shutil.copytree(tiny.path, local)
     config = json.loads((local / "config.json").read_text())
     (local / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
-    assert resolve_base_model(str(local), tmp_path, no_corpus).context_length == 8192
+    assert resolve_base_model(str(local), Layout.of(tmp_path, tmp_path), no_corpus).context_length == 8192
 
 
 def test_sharded_local_directory(tiny: BaseModel, tmp_path: Path):
@@ -175,7 +176,7 @@ def test_sharded_local_directory(tiny: BaseModel, tmp_path: Path):
     AutoModelForCausalLM.from_pretrained(tiny.path).save_pretrained(sharded, max_shard_size="2MB")
     load_tokenizer(tiny).save_pretrained(sharded)
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
-    assert resolve_base_model(str(sharded), tmp_path, no_corpus).parameters == tiny.parameters
+    assert resolve_base_model(str(sharded), Layout.of(tmp_path, tmp_path), no_corpus).parameters == tiny.parameters
 
 
 def test_local_directory_without_tokenizer_or_safetensors_is_a_clear_error(tiny: BaseModel, tmp_path: Path):
@@ -185,7 +186,7 @@ def test_local_directory_without_tokenizer_or_safetensors_is_a_clear_error(tiny:
         (local / name).unlink()
     (local / "pytorch_model.bin").write_bytes(b"a pickle is never loaded")
     with pytest.raises(BaseModelUnavailable) as error:
-        resolve_base_model(str(local), tmp_path, no_corpus)
+        resolve_base_model(str(local), Layout.of(tmp_path, tmp_path), no_corpus)
     message = str(error.value)
     assert "cannot be used: missing tokenizer_config.json, tokenizer.json (or tokenizer.model)" in message
     assert "model.safetensors" in message and ".bin weights are not loaded" in message
@@ -203,7 +204,7 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("name", ["meta-llama/Meta-Llama-3-8B-Instruct", "/models/no-such-folder"])
 def test_a_model_neither_local_nor_cached_is_a_clear_offline_error(hf_cache: Path, tmp_path: Path, name: str):
     with pytest.raises(BaseModelUnavailable) as error:
-        resolve_base_model(name, tmp_path, no_corpus)
+        resolve_base_model(name, Layout.of(tmp_path, tmp_path), no_corpus)
     assert str(error.value) == (
         f"Base model {name!r} is neither a local directory nor in the Hugging Face cache, and models are never "
         f"downloaded at run time: download it first (hf download {name} --exclude 'original/*') "
@@ -218,18 +219,18 @@ def test_a_cached_hub_model_is_found(hf_cache: Path, tiny: BaseModel, tmp_path: 
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
 
-    model = resolve_base_model("acme/tiny-llama", tmp_path, no_corpus)
+    model = resolve_base_model("acme/tiny-llama", Layout.of(tmp_path, tmp_path), no_corpus)
     assert model.path == (repo / "snapshots" / commit).resolve()
     assert (model.name, model.parameters, model.vocab_size) == ("acme/tiny-llama", tiny.parameters, tiny.vocab_size)
 
 
 def test_pointer_round_trips(tiny: BaseModel, tmp_path: Path):
     with pytest.raises(BaseModelMissing, match="materialize base_model first") as error:
-        read_pointer(tmp_path)
+        read_pointer(Layout.of(tmp_path, tmp_path))
     assert isinstance(error.value, FileNotFoundError)
 
-    path = write_pointer(tiny, tmp_path)
+    path = write_pointer(tiny, Layout.of(tmp_path, tmp_path))
     assert path == tmp_path / "base" / "base_model.json"
-    assert read_pointer(tmp_path) == tiny
+    assert read_pointer(Layout.of(tmp_path, tmp_path)) == tiny
     assert BaseModel.from_json(tiny.to_json()) == tiny
     assert json.loads(path.read_text())["path"] == str(tiny.path)

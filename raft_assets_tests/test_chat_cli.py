@@ -143,7 +143,7 @@ def test_chat_errors_are_one_line_and_exit_code_2(
     monkeypatch.setenv("RAFT_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     assert main(["chat", "--question", "Anyone?"]) == 2
     assert capsys.readouterr().err == (
-        f"error: no fine-tuned checkpoint ({tmp_path / 'checkpoints' / 'hf' / 'latest_run'} is missing): "
+        f"error: no fine-tuned checkpoint in {tmp_path / 'checkpoints' / 'hf'}: "
         "materialize hf_checkpoint first or pass --checkpoint\n"
     )
     assert main(["chat", "--checkpoint", str(tmp_path), "--question", "Anyone?"]) == 2

@@ -5,11 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from raft_assets.dataset.builder import DatasetOptions, assign_splits, plan_records, split_sizes, write_dataset
-from raft_assets.dataset.checks import record_problems
-from raft_assets.dataset.distractors import NotEnoughDocuments
-from raft_assets.dataset.lengths import TokenLengths
-from raft_assets.dataset.records import (
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.raft_format import (
     REFUSAL_ANSWER,
     Passage,
     Sample,
@@ -17,6 +14,10 @@ from raft_assets.dataset.records import (
     split_instruction,
     without_document_tags,
 )
+from raft_assets.dataset.builder import DatasetOptions, assign_splits, plan_records, split_sizes, write_dataset
+from raft_assets.dataset.checks import record_problems
+from raft_assets.dataset.distractors import NotEnoughDocuments
+from raft_assets.dataset.lengths import TokenLengths
 from raft_assets.training.base_model import build_tiny_model, load_tokenizer
 
 
@@ -43,13 +44,19 @@ def corpus(documents: int = 12, chunks_per_document: int = 3, questions_per_chun
     return samples, passages
 
 
+def layout(folder: Path) -> Layout:
+    """The RAFT files under `folder/raft/`."""
+    return Layout.of(folder, folder)
+
+
 def build(folder: Path, options: DatasetOptions, samples=None, passages=None) -> list[dict]:
     samples, passages = (samples, passages) if samples else corpus()
     splits = splits_of(samples, options)
-    write_dataset(folder, plan_records(samples, passages, splits, options, None), samples, passages, options, None)
-    problems = record_problems(folder / "raft.jsonl", options.num_distractors)
+    plans = plan_records(samples, passages, splits, options, None)
+    write_dataset(layout(folder), plans, samples, passages, options, None)
+    problems = record_problems(layout(folder).raft_file("all"), options.num_distractors)
     assert problems.records and not any(problems.failing.values())
-    return [json.loads(line) for line in (folder / "raft.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in layout(folder).raft_file("all").read_text(encoding="utf-8").splitlines()]
 
 
 def splits_of(samples: list[Sample], options: DatasetOptions) -> dict[str, str]:
@@ -66,9 +73,9 @@ def test_same_inputs_and_seed_give_byte_identical_files(tmp_path):
     build(tmp_path / "a", OPTIONS)
     build(tmp_path / "b", OPTIONS)
     for name in ("raft.jsonl", "raft_train.jsonl", "raft_test.jsonl", "raft_chat.jsonl"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / "raft" / name).read_bytes() == (tmp_path / "b" / "raft" / name).read_bytes()
     build(tmp_path / "c", DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", seed=7))
-    assert (tmp_path / "a" / "raft.jsonl").read_bytes() != (tmp_path / "c" / "raft.jsonl").read_bytes()
+    assert layout(tmp_path / "a").raft_file("all").read_bytes() != layout(tmp_path / "c").raft_file("all").read_bytes()
 
 
 def test_records_follow_the_seed_format_and_keep_documents_distinct(tmp_path):
@@ -116,8 +123,8 @@ def test_split_by_document_and_train_never_sees_other_splits_text(tmp_path):
         assert record["split"] == splits[record["doc_id"]] != "eval"
         if record["split"] == "train":
             assert all(splits[doc_of[text]] == "train" for text in record["context"]["sentences"][0])
-    train = (tmp_path / "raft_train.jsonl").read_text().count("\n")
-    test = (tmp_path / "raft_test.jsonl").read_text().count("\n")
+    train = layout(tmp_path).raft_file("train").read_text().count("\n")
+    test = layout(tmp_path).raft_file("test").read_text().count("\n")
     assert train + test == len(records) and test > 0
 
 
@@ -232,8 +239,8 @@ def test_samples_longer_than_the_context_are_dropped_or_truncated(tmp_path, tiny
     options = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random", overlength=overlength)
     splits = splits_of(samples, options)
     plans = plan_records(samples, passages, splits, options, None)
-    stats = write_dataset(tmp_path, plans, samples, passages, options, lengths)
-    records = [json.loads(line) for line in (tmp_path / "raft.jsonl").read_text().splitlines()]
+    stats = write_dataset(layout(tmp_path), plans, samples, passages, options, lengths)
+    records = [json.loads(line) for line in layout(tmp_path).raft_file("all").read_text().splitlines()]
     long_ones = sum(any(long_text[:40] in t for t in (passages[i].text for i in plan.passages)) for plan in plans)
     assert long_ones > 0
     assert max(stats.token_lengths) <= 700

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import yaml
 
-from raft_assets.dataset.assets import eval_set, raft_dataset
-from raft_assets.dataset.records import chat_messages, split_instruction, without_document_tags
-from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.contracts.raft_format import chat_messages, split_instruction, without_document_tags
+from raft_assets.defs.dataset.assets import eval_set, raft_dataset
+from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.training.base_model import load_tokenizer, read_pointer
 from raft_assets_tests.conftest import SOURCES, run_assets
@@ -27,7 +27,7 @@ def test_every_file_loads_with_datasets_and_as_the_reference_loader_reads_it(sam
         loaded = datasets.load_dataset("json", data_files=str(folder / name), split="train")
         assert len(loaded) == len(lines(folder / name)) > 0
 
-    tokenizer = load_tokenizer(read_pointer(Path(project.checkpoint_dir)))
+    tokenizer = load_tokenizer(read_pointer(project.layout))
     for record in lines(folder / "raft_train.jsonl")[:20]:
         # What llama-recipes' raft_dataset.py does: split at the last </DOCUMENT>, build the chat, template it.
         documents, question = split_instruction(record["instruction"])

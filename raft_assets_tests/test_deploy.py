@@ -29,8 +29,9 @@ from dagster_k8s.job import (
 )
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
-from raft_assets.deployment import gpu_op_tags
-from raft_assets.resources.trainer import TrainerResource
+from raft_assets.defs.deployment import gpu_op_tags
+from raft_assets.defs.training.trainer import TrainerResource
+from raft_assets.settings import load_settings
 from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 
 DEPLOY = REPO / "deploy"
@@ -146,11 +147,12 @@ def test_the_executor_is_dagster_k8s_and_the_run_configs_validate(k8s_job, pod_i
 
 
 def variables_the_code_reads() -> set[str]:
-    """Every RAFT_* variable in the package: the literal names, and `<prefix>_<suffix>` of LLMResource.from_env."""
+    """Every RAFT_* variable in the package: the literal names, and `<prefix>_<suffix>` of `endpoint_variables`."""
     sources = {path: path.read_text(encoding="utf-8") for path in (REPO / "raft_assets").rglob("*.py")}
     names = {name for text in sources.values() for name in re.findall(r"\bRAFT_[A-Z0-9_]*[A-Z0-9]\b", text)}
-    prefixes = {p for text in sources.values() for p in re.findall(r'from_env\("(RAFT_[A-Z0-9_]+)"\)', text)}
-    suffixes = set(re.findall(r"\{prefix\}_([A-Z0-9_]+)", sources[REPO / "raft_assets" / "resources" / "llm.py"]))
+    settings = sources[REPO / "raft_assets" / "settings.py"]
+    prefixes = set(re.findall(r'endpoint_variables\("(RAFT_[A-Z0-9_]+)"', settings))
+    suffixes = set(re.findall(r"\{prefix\}_([A-Z0-9_]+)", settings))
     assert prefixes and suffixes >= {"BASE_URL", "API_KEY"}
     return names | {f"{prefix}_{suffix}" for prefix in prefixes for suffix in suffixes}
 
@@ -317,7 +319,7 @@ def test_the_gpu_steps_get_their_gpus_shared_memory_and_pod_ip(k8s_job):
 def test_the_gpu_count_comes_from_the_variable(monkeypatch, gpus):
     monkeypatch.setenv("RAFT_K8S_TRAIN_GPUS", gpus)
     config = get_user_defined_k8s_config(
-        {key: json.dumps(value) for key, value in gpu_op_tags("RAFT_K8S_TRAIN_GPUS", 8).items()}
+        {key: json.dumps(value) for key, value in gpu_op_tags(load_settings().train_gpus).items()}
     )
     assert config.container_config["resources"]["limits"] == {"nvidia.com/gpu": gpus}
 
@@ -326,4 +328,4 @@ def test_the_gpu_count_comes_from_the_variable(monkeypatch, gpus):
 def test_an_invalid_gpu_count_is_a_clear_error(monkeypatch, gpus):
     monkeypatch.setenv("RAFT_K8S_TRAIN_GPUS", gpus)
     with pytest.raises(ValueError, match=rf"RAFT_K8S_TRAIN_GPUS={gpus!r}: expected a whole number of GPUs"):
-        gpu_op_tags("RAFT_K8S_TRAIN_GPUS", 8)
+        load_settings()

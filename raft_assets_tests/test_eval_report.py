@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from raft_assets.evaluation.assets import eval_report, stand_in_note
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.vllm import VLLMResource
+from raft_assets.defs.evaluation.assets import eval_report, stand_in_note
+from raft_assets.defs.evaluation.vllm import VLLMResource
+from raft_assets.defs.resources import LLMResource
 from raft_assets.training.base_model import read_pointer
 from raft_assets_tests.conftest import run_assets
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
@@ -83,7 +83,7 @@ def test_local_models_can_be_served_through_the_vllm_resource_by_a_stand_in_serv
         assert server.stats.completed == served  # the same weights: every answer from the reply cache
 
         # New weights under the same served name (here: the same bytes, written again): asked again.
-        weights = read_pointer(Path(project.checkpoint_dir)).path / "model.safetensors"
+        weights = read_pointer(project.layout).path / "model.safetensors"
         weights.write_bytes(weights.read_bytes())
         run_assets(project, instance, [eval_report], config=config, vllm=vllm)
         assert server.stats.completed == 2 * served

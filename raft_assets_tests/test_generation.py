@@ -9,12 +9,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.generation.prompts import load_prompts
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.reply_cache import ReplyCache
+from raft_assets.contracts.prompts import load_prompts
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import LLMResource
+from raft_assets.llm.reply_cache import ReplyCache
 from raft_assets_tests.conftest import write_sources
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder

@@ -3,8 +3,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
 from raft_assets_tests.conftest import write_sources
 
 TEXT = "\n\n".join(

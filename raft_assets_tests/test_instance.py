@@ -10,13 +10,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from raft_assets.instance import TEMPLATE, fail_dead_runs
+from raft_assets.defs.instance import TEMPLATE, fail_dead_runs
 
 # A run in its own process, holding the `gpu` pool's one slot (dagster.yaml) for `seconds`, tagged as the CLI's.
 GPU_RUN = """
 import sys, time
 import dagster as dg
-from raft_assets.instance import runner_tags
+from raft_assets.defs.instance import runner_tags
 
 @dg.asset(pool="gpu")
 def gpu_work():

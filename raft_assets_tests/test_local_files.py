@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
+from raft_assets.contracts.sources import LocalSource, SourcesError
 from raft_assets.ingestion.local_files import load_folder
-from raft_assets.ingestion.sources import LocalSource, SourcesError
 
 PARAGRAPH = "Llama 3 8B supports a context window of 8,192 tokens and uses grouped-query attention."
 

@@ -1,6 +1,6 @@
 import pytest
 
-from raft_assets.dataset.records import REFUSAL_ANSWER
+from raft_assets.contracts.raft_format import REFUSAL_ANSWER
 from raft_assets.evaluation.metrics import (
     JUDGE_PROMPT,
     QuestionScore,

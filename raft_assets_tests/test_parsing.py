@@ -1,6 +1,7 @@
 import pytest
 
-from raft_assets.generation.parsing import final_answer, parse_questions, quoted_spans, quotes_verified
+from raft_assets.contracts.raft_format import final_answer, quoted_spans, quotes_verified
+from raft_assets.generation.parsing import parse_questions
 
 
 @pytest.mark.parametrize(

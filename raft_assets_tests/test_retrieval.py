@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -10,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from raft_assets.contracts.tables import CHUNK_SCHEMA
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.chunking import CHUNK_SCHEMA
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import index_folder, retrieval_index
 from raft_assets.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EmbeddingModelNotFoundError,
@@ -112,10 +113,10 @@ def test_save_and_load_give_identical_search_results(tmp_path: Path):
 def test_a_crash_during_the_swap_leaves_a_complete_index(tmp_path: Path):
     folder = random_index(20).save(tmp_path / "index")
     # A crash after moving the old index aside and before moving the new one in:
-    (tmp_path / "index").rename(tmp_path / ".index.new")
+    (tmp_path / "index").rename(tmp_path / ".index.old")
     assert len(ChunkIndex.load(folder)) == 20
     # A crash while the new index was being written: the old one stays.
-    new = tmp_path / ".index.new"
+    new = tmp_path / f".index.saving-{os.getpid() + 1}"
     new.mkdir()
     (new / FAISS_FILE).write_bytes(b"half")
     assert len(ChunkIndex.load(folder)) == 20
@@ -214,8 +215,8 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     assert first["chunks"] == 6 and first["newly_embedded"] == 6 and first["reused"] == 0
     assert first["model"] == DEFAULT_EMBEDDING_MODEL and first["dimension"] == 384
     assert first["sources_without_chunks"] == "gamma"
-    index = ChunkIndex.load(index_folder(project))
-    assert Path(first["path"]) == index_folder(project).resolve()
+    index = ChunkIndex.load(project.layout.index_folder)
+    assert Path(first["path"]) == project.layout.index_folder.resolve()
     assert len(index) == 6 and set(index.doc_ids) == {"alpha-llamas", "alpha-pytorch", "beta-cooking"}
     query = embed(load_embedder(DEFAULT_EMBEDDING_MODEL), ["How long should bread bake?"])
     assert index.search(query, 1)[1] == [[content_hash(BETA["cooking"][0])]]
@@ -227,7 +228,7 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     second = materialize(project, instance)
     assert (second["chunks"], second["newly_embedded"], second["reused"], second["dropped"]) == (6, 1, 5, 1)
     assert second["data_version"] != first["data_version"]
-    reloaded = ChunkIndex.load(index_folder(project))
+    reloaded = ChunkIndex.load(project.layout.index_folder)
     np.testing.assert_array_equal(reloaded.vectors(index.chunk_ids[:4]), index.vectors(index.chunk_ids[:4]))
 
     # Nothing changes: nothing is embedded and the model is not even needed.
@@ -238,14 +239,14 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     # A model that is not available offline fails clearly.
     failed = materialize(project, instance, embedding_model="multi-qa-mpnet-base-cos-v1")
     assert "not available offline" in failed["error"] and "hf download" in failed["error"]
-    assert len(ChunkIndex.load(index_folder(project))) == 6  # the index is untouched
+    assert len(ChunkIndex.load(project.layout.index_folder)) == 6  # the index is untouched
 
 
 def test_the_asset_resumes_with_the_embeddings_of_an_interrupted_run(project: ProjectPaths, instance):
     write_chunks(project, "alpha", ALPHA)
     instance.add_dynamic_partitions(doc_sources.name, ["alpha"])
     text = ALPHA["llamas"][0]
-    folder = index_folder(project)
+    folder = project.layout.index_folder
     pending = PendingEmbeddings(folder.with_name(".index.pending"), DEFAULT_EMBEDDING_MODEL)
     pending.add([content_hash(text)], embed(load_embedder(DEFAULT_EMBEDDING_MODEL), [text]))
 

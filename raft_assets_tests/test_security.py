@@ -19,20 +19,21 @@ import polars as pl
 import pytest
 import yaml
 
-from raft_assets.evaluation.assets import judge_all
+from raft_assets.contracts.layout import InvalidSourceName, Layout
+from raft_assets.contracts.prompts import load_prompts
+from raft_assets.contracts.sources import SitemapSource, SourcesError, load_sources
+from raft_assets.contracts.tables import DOCUMENT_SCHEMA
+from raft_assets.defs.evaluation.assets import judge_all
+from raft_assets.defs.evaluation.vllm import VLLMResource, list_models
+from raft_assets.defs.generation.assets import questions
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import LLMResource, ProjectPaths
+from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.evaluation.metrics import JUDGE_PROMPT
-from raft_assets.generation.assets import questions
-from raft_assets.generation.prompts import load_prompts
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.ingestion.documents import DOCUMENT_SCHEMA
 from raft_assets.ingestion.sitemap import load_sitemap
-from raft_assets.ingestion.sources import SitemapSource, SourcesError, load_sources
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.resources.reply_cache import ReplyCache
-from raft_assets.resources.trainer import TrainerResource
-from raft_assets.resources.vllm import VLLMResource, list_models
+from raft_assets.llm.reply_cache import ReplyCache
+from raft_assets.settings import load_settings
 from raft_assets.training.base_model import BaseModelUnavailable, resolve_base_model
 from raft_assets.training.checkpoint import TrainParams
 from raft_assets_tests.conftest import REPO, write_sources
@@ -90,7 +91,7 @@ def test_the_longest_and_plainest_valid_names_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_stage_file_refuses_a_name_the_sources_file_would_refuse(project, name):
-    with pytest.raises(dg.Failure, match="is not a valid source name"):
+    with pytest.raises(InvalidSourceName, match="is not a valid source name"):
         project.stage_file("chunks", name)
 
 
@@ -106,7 +107,14 @@ def documents_frame(source: str) -> pl.DataFrame:
 
 
 def step_errors(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(event.step_failure_data.error.message for event in result.get_step_failure_events())
+    """The messages of every failed step's error and of the errors that caused it."""
+    messages = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            messages.append(error.message)
+            error = error.cause
+    return "\n".join(messages)
 
 
 def test_a_partition_key_added_by_hand_cannot_read_or_write_outside_the_data_folder(project, instance, tmp_path):
@@ -372,7 +380,7 @@ def test_a_checkpoint_with_only_pickled_weights_is_refused_without_unpickling(tm
     marker = tmp_path / "unpickled"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(BaseModelUnavailable) as error:
-        resolve_base_model(str(folder), tmp_path / "checkpoints", lambda: [])
+        resolve_base_model(str(folder), Layout.of(tmp_path, tmp_path / "checkpoints"), lambda: [])
     assert str(error.value) == (
         f"Base model {str(folder)!r} at {folder} cannot be used: missing model.safetensors "
         "(or model.safetensors.index.json with its shards; .bin weights are not loaded)."
@@ -534,8 +542,8 @@ def generation_run(project: ProjectPaths, instance, tmp_path: Path, monkeypatch,
         instance=instance,
         resources={
             "paths": project,
-            "llm": LLMResource.from_env("RAFT_LLM"),
-            "judge": LLMResource.from_env("RAFT_JUDGE"),
+            "llm": LLMResource.from_variables(load_settings().generator),
+            "judge": LLMResource.from_variables(load_settings().judge),
         },
         raise_on_error=False,
     )

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from raft_assets.automation.sensors import doc_sources_sensor
-from raft_assets.partitions import doc_sources
+from raft_assets.defs.automation.sensors import doc_sources_sensor
+from raft_assets.defs.partitions import doc_sources
 from raft_assets_tests.conftest import write_sources
 
 

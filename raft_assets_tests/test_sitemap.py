@@ -1,7 +1,7 @@
 import pytest
 
+from raft_assets.contracts.sources import SitemapSource
 from raft_assets.ingestion.sitemap import load_sitemap
-from raft_assets.ingestion.sources import SitemapSource
 from raft_assets_tests.web_server import Route, WebServer
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from raft_assets.ingestion.sources import LocalSource, SitemapSource, SourcesError, load_sources
+from raft_assets.contracts.sources import LocalSource, SitemapSource, SourcesError, load_sources
 from raft_assets_tests.conftest import write_sources
 
 

@@ -17,15 +17,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from raft_assets.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
+from raft_assets.contracts.raft_format import question_key
 from raft_assets.dataset.checks import text_key
-from raft_assets.dataset.records import question_key
-from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import retrieval_index
-from raft_assets.training.assets import base_model
+from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.retrieval.assets import retrieval_index
+from raft_assets.defs.training.assets import base_model
 from raft_assets_tests.conftest import REPO, run_assets, write_sources
 
 SOURCES = ["site", "export"]
@@ -107,9 +107,9 @@ def test_the_same_documents_under_two_sources_are_one_sample_each_in_one_split(t
 
 def test_a_text_held_by_both_sources_is_one_chunk_with_both_provenances(twice_sourced):
     project, _, _ = twice_sourced
-    from raft_assets.ingestion.corpus import read_corpus
+    from raft_assets.contracts.corpus import read_corpus
 
-    corpus = read_corpus(project.data_dir, SOURCES)
+    corpus = read_corpus(project.layout, SOURCES)
     per_source = pl.read_parquet(Path(project.data_dir) / "chunks" / "*.parquet")
     assert corpus.height == per_source["chunk_id"].n_unique() == per_source.height // 2
     assert all(sorted(sources) == sorted(SOURCES) for sources in corpus["sources"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from raft_assets.resources.trainer import TRAIN_MODULE, TrainerResource
+from raft_assets.defs.training.trainer import TRAIN_MODULE, TrainerResource
 from raft_assets_tests.dagster_dev import REPO, free_port
 from raft_assets_tests.test_deploy import manifests, run_config, worker_command
 from raft_assets_tests.test_train_script import inputs as train_inputs  # noqa: F401 (a fixture: tiny model, data)

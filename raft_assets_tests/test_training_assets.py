@@ -17,8 +17,9 @@ from safetensors import safe_open
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.training.assets import LATEST_RUN, fsdp_checkpoint, hf_checkpoint
+from raft_assets.contracts.layout import LATEST_RUN
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.training.assets import fsdp_checkpoint, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
 from raft_assets.training.checkpoint import PROBE_FILE, latest_checkpoint
 from raft_assets_tests.conftest import run_assets
@@ -89,7 +90,7 @@ def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
     )
     output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert output.shape[1] > prompt["input_ids"].shape[1]
-    base = AutoModelForCausalLM.from_pretrained(read_pointer(Path(project.checkpoint_dir)).path)
+    base = AutoModelForCausalLM.from_pretrained(read_pointer(project.layout).path)
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # training changed the weights
 
     # The same settings again: the run folder is the same, and the finished run is resumed, not redone.
@@ -110,7 +111,7 @@ def test_lora_weights_are_merged_into_the_export(lora_tune, sample_pipeline):
         names = list(weights.keys())
     assert names and not any("lora" in name for name in names)
     merged = AutoModelForCausalLM.from_pretrained(exported["path"])
-    base = AutoModelForCausalLM.from_pretrained(read_pointer(Path(project.checkpoint_dir)).path)
+    base = AutoModelForCausalLM.from_pretrained(read_pointer(project.layout).path)
     changed = [name for name, weight in merged.state_dict().items() if not torch.equal(weight, base.state_dict()[name])]
     assert changed and all(
         name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")) for name in changed

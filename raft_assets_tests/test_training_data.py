@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raft_assets.dataset.records import Passage, Sample, raft_record
+from raft_assets.contracts.raft_format import Passage, Sample, raft_record
 from raft_assets.training.base_model import EOT, TINY, build_tiny_model
 from raft_assets.training.data import (
     IGNORE_INDEX,

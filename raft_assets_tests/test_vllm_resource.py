@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from raft_assets.resources.vllm import ServedModel, VLLMResource, free_port, list_models, redacted
+from raft_assets.defs.evaluation.vllm import ServedModel, VLLMResource, free_port, list_models, redacted
 
 STAND_IN = """#!{python}
 import argparse, json, os, signal, subprocess, sys, time

@@ -1,6 +1,6 @@
 """`raft-assets chat`: the chatbot. Retrieves the top-k chunks, streams the model's answer, shows the sources it quoted.
 
-The model is the newest fine-tuned checkpoint (`<RAFT_CHECKPOINT_DIR>/hf/latest_run`), another checkpoint folder,
+The model is the newest fine-tuned checkpoint (`hf_checkpoint`'s newest export), another checkpoint folder,
 or an OpenAI-compatible endpoint. It is prompted exactly as in fine-tuning (`answering.answer_messages`).
 An endpoint gets the chat's own key (`--api-key`, else RAFT_CHAT_API_KEY), never the generator's RAFT_LLM_API_KEY:
 the endpoint is whatever URL the user names, not the one the key was issued for.
@@ -17,18 +17,12 @@ from pathlib import Path
 import openai
 from transformers.utils import logging as transformers_logging
 
-from raft_assets.evaluation.answering import (
-    DEFAULT_MAX_NEW_TOKENS,
-    AnswerRequest,
-    TransformersBackend,
-    stream_endpoint,
-)
-from raft_assets.evaluation.retrieval import RetrievedChunk, Retriever
-from raft_assets.generation.parsing import normalized, quoted_spans
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import index_folder
-from raft_assets.training.assets import LATEST_RUN
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.raft_format import normalized, quoted_spans
+from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, TransformersBackend, stream_endpoint
+from raft_assets.llm.client import Endpoint
+from raft_assets.retrieval.retriever import RetrievedChunk, Retriever
+from raft_assets.settings import load_settings
 from raft_assets.training.base_model import missing_files
 
 EXIT_WORDS = {"exit", "quit"}
@@ -81,10 +75,11 @@ def chat_command(args: argparse.Namespace) -> int:
     if args.endpoint and not args.model:
         return fail("--endpoint needs --model (the name the endpoint serves)")
     transformers_logging.disable_progress_bar()  # no "Loading weights" bars around the conversation
-    paths = ProjectPaths.from_env()
+    settings = load_settings()
+    layout = Layout.of(settings.data_dir, settings.checkpoint_dir)
     try:
-        retriever = None if args.no_retrieval else Retriever.load(index_folder(paths), paths.data_dir)
-        answerer = endpoint_answerer(args) if args.endpoint else checkpoint_answerer(args, paths)
+        retriever = None if args.no_retrieval else Retriever.load(layout)
+        answerer = endpoint_answerer(args) if args.endpoint else checkpoint_answerer(args, layout)
     except (ChatError, OSError, ValueError, LookupError) as error:
         return fail(str(error))
     if args.question is not None:
@@ -97,18 +92,18 @@ def fail(message: str) -> int:
     return 2
 
 
-def newest_checkpoint(checkpoint_dir: Path) -> Path:
-    """The folder that `<checkpoint_dir>/hf/latest_run` names."""
-    pointer = checkpoint_dir / "hf" / LATEST_RUN
-    if not pointer.is_file():
+def newest_checkpoint(layout: Layout) -> Path:
+    """The newest `hf_checkpoint` export."""
+    folder = Layout.latest_run(layout.hf_folder)
+    if folder is None:
         raise ChatError(
-            f"no fine-tuned checkpoint ({pointer} is missing): materialize hf_checkpoint first or pass --checkpoint"
+            f"no fine-tuned checkpoint in {layout.hf_folder}: materialize hf_checkpoint first or pass --checkpoint"
         )
-    return pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    return folder
 
 
-def checkpoint_answerer(args: argparse.Namespace, paths: ProjectPaths) -> Answerer:
-    folder = args.checkpoint or newest_checkpoint(Path(paths.checkpoint_dir))
+def checkpoint_answerer(args: argparse.Namespace, layout: Layout) -> Answerer:
+    folder = args.checkpoint or newest_checkpoint(layout)
     missing = missing_files(folder) if folder.is_dir() else ["the folder itself"]
     if missing:
         raise ChatError(f"{folder} is not a checkpoint to load: missing {', '.join(missing)}")
@@ -122,8 +117,8 @@ def endpoint_key(args: argparse.Namespace) -> str:
 
 
 def endpoint_answerer(args: argparse.Namespace) -> Answerer:
-    llm = LLMResource(base_url=args.endpoint, model=args.model, api_key=endpoint_key(args))
-    return lambda request: stream_endpoint(llm, request, args.max_new_tokens)
+    endpoint = Endpoint.at(args.endpoint, model=args.model, api_key=endpoint_key(args))
+    return lambda request: stream_endpoint(endpoint, request, args.max_new_tokens)
 
 
 def interactive(retriever: Retriever | None, top_k: int, answerer: Answerer) -> int:

@@ -15,14 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from raft_assets.automation.sensors import partition_changes
+from raft_assets.contracts.sources import SourcesError
 from raft_assets.definitions import defs
-from raft_assets.generation.assets import cot_answers, questions
+from raft_assets.defs.automation.sensors import partition_changes
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.instance import fail_dead_runs, local_instance, runner_tags
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
 from raft_assets.generation.extractive import STAND_IN_NOTE
-from raft_assets.ingestion.sources import SourcesError
-from raft_assets.instance import fail_dead_runs, local_instance, runner_tags
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
+from raft_assets.settings import load_settings
 
 console = Console()
 STATUS_STYLE = {"materialized": "green", "check failed": "red", "failed": "red", "skipped": "yellow"}
@@ -109,7 +110,8 @@ def materialize(
     report = RunReport([], [])
     if keys & GENERATED and not generator_configured(config):
         console.print(f"[yellow]![/yellow] {escape(STAND_IN_NOTE[0].upper() + STAND_IN_NOTE[1:])}.")
-    partition_keys = sync_partitions(instance, ProjectPaths.from_env(), only=sources) if per_source else []
+    paths = ProjectPaths.from_settings(load_settings())
+    partition_keys = sync_partitions(instance, paths, only=sources) if per_source else []
     for partition_key in partition_keys:
         console.print(f"[bold]▶[/bold] {names(per_source)} for source {escape(partition_key)}")
         add_result(report, execute(instance, per_source, config, verbose, partition_key), per_source, partition_key)

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raft_assets.contracts.layout import RAFT_FILES, Layout
+from raft_assets.contracts.raft_format import Passage, Sample, chat_record, raft_record
 from raft_assets.dataset.distractors import DistractorPicker, NotEnoughDocuments
 from raft_assets.dataset.lengths import TokenLengths
-from raft_assets.dataset.records import Passage, Sample, chat_record, raft_record
+from raft_assets.files import written_atomically
 
 SPLITS = ("train", "test", "eval")
-FILES = {"all": "raft.jsonl", "train": "raft_train.jsonl", "test": "raft_test.jsonl", "chat": "raft_chat.jsonl"}
-SPLITS_FILE = "splits.parquet"  # every sample's split: what eval_set draws its questions from
 FEW_DOCUMENTS = 3  # a test split or eval set of fewer documents measures those documents more than the model
 
 
@@ -205,31 +204,25 @@ class PartTokens:
 
 
 def write_dataset(
-    folder: Path,
+    layout: Layout,
     plans: list[RecordPlan],
     samples: list[Sample],
     passages: list[Passage],
     options: DatasetOptions,
     lengths: TokenLengths | None,
 ) -> DatasetStats:
-    """Write the four files (atomically: into temporary names, renamed at the end) and return the stats."""
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = {name: folder / f".{file}.partial" for name, file in FILES.items()}
+    """Write the four files (each atomically, renamed into place at the end) and return the stats."""
     stats = DatasetStats()
     tokens = PartTokens.count(lengths, samples, passages, options.refusal_answer) if lengths else None
-    handles = {name: path.open("w", encoding="utf-8") for name, path in partial.items()}
-    try:
+    with ExitStack() as stack:
+        partials = {part: stack.enter_context(written_atomically(layout.raft_file(part))) for part in RAFT_FILES}
+        handles = {part: stack.enter_context(path.open("w", encoding="utf-8")) for part, path in partials.items()}
         for record in _records(plans, samples, passages, options, lengths, tokens, stats):
             line = json.dumps(record, ensure_ascii=False) + "\n"
             stats.digest.update(line.encode())
             handles["all"].write(line)
             handles[record["split"]].write(line)
             handles["chat"].write(json.dumps(chat_record(record), ensure_ascii=False) + "\n")
-    finally:
-        for handle in handles.values():
-            handle.close()
-    for name, path in partial.items():
-        os.replace(path, folder / FILES[name])
     return stats
 
 

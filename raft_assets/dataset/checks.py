@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raft_assets.dataset.records import DOCUMENT_END, DOCUMENT_START, question_key
-from raft_assets.generation.parsing import normalized
+from raft_assets.contracts.raft_format import DOCUMENT_END, DOCUMENT_START, normalized, question_key
 
 EXAMPLES = 3  # named in a failing check's description
 

@@ -6,8 +6,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from raft_assets.dataset.records import Passage
-from raft_assets.generation.parsing import normalized
+from raft_assets.contracts.raft_format import Passage, normalized
 
 STRATEGIES = ("random", "hard", "mixed")
 

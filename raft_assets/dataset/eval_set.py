@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from raft_assets.generation.parsing import normalized
+from raft_assets.contracts.raft_format import normalized
 from raft_assets.hashing import content_hash
 
 _MENTIONS_SOURCE = re.compile(r"\b(passage|context|according to|the (text|document|chunk|excerpt|article))\b", re.I)

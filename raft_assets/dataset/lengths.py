@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raft_assets.dataset.records import chat_messages
-from raft_assets.generation.prompts import documents_block
+from raft_assets.contracts.raft_format import chat_messages, documents_block
 
 _EXACT_ABOVE = 0.9  # estimates above this share of the limit are checked with the full template
 _COUNT_BATCH = 2048  # texts tokenized at once: all 100,000 at once held 1.7 GB of encodings

@@ -16,9 +16,8 @@ from typing import Any
 
 from rouge_score.rouge_scorer import RougeScorer
 
-from raft_assets.dataset.records import REFUSAL_ANSWER
-from raft_assets.generation.parsing import ANSWER_TAG_PATTERN, final_answer, normalized, quoted_spans
-from raft_assets.generation.prompts import Prompt
+from raft_assets.contracts.prompts import Prompt
+from raft_assets.contracts.raft_format import ANSWER_TAG_PATTERN, REFUSAL_ANSWER, final_answer, normalized, quoted_spans
 
 ROUGE_TYPES = {"rouge1": "rouge1", "rouge2": "rouge2", "rouge_l": "rougeL"}  # our key: rouge_score's name
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from raft_assets.generation.parsing import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
-from raft_assets.generation.prompts import Prompt
-from raft_assets.resources.llm import ChatReply, Plan, RequestFailed, Usage
+from raft_assets.contracts.prompts import Prompt
+from raft_assets.contracts.raft_format import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+from raft_assets.llm.client import ChatReply, Plan, RequestFailed, Usage
 
 EXTRACTIVE_MODEL = "extractive"
 STAND_IN_NOTE = (

@@ -1,11 +1,9 @@
-"""Reading the model's replies: question lists, final answers, and quotes checked against the source."""
+"""Reading the question generator's replies: lists of questions, however the model numbers or introduces them.
+(Answers and quotes are parsed by the RAFT format itself: `contracts/raft_format.py`.)"""
 
 from __future__ import annotations
 
 import re
-
-BEGIN_QUOTE, END_QUOTE = "##begin_quote##", "##end_quote##"
-ANSWER_TAG = "<ANSWER>:"
 
 _LIST_MARKER = re.compile(
     r"""^\s*(?:
@@ -16,8 +14,6 @@ _LIST_MARKER = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _PREAMBLE = re.compile(r"^(?:sure|certainly|okay|of course|here (?:are|is)|below are|i hope)\b", re.IGNORECASE)
-ANSWER_TAG_PATTERN = re.compile(r"<ANSWER>\s*:")
-_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 
 
 def parse_questions(reply: str, limit: int) -> list[str]:
@@ -36,31 +32,3 @@ def parse_questions(reply: str, limit: int) -> list[str]:
     asked = [text for text in candidates if text.endswith("?")]
     chosen = asked if len(asked) >= min(limit, len(candidates)) else candidates
     return list(dict.fromkeys(chosen))[:limit]
-
-
-def final_answer(reply: str) -> str | None:
-    """The text after the last `<ANSWER>:` tag, or None when there is none (or it is empty)."""
-    tags = list(ANSWER_TAG_PATTERN.finditer(reply))
-    if not tags:
-        return None
-    answer = reply[tags[-1].end() :].strip().removesuffix("</ANSWER>").strip()
-    return answer or None
-
-
-def quoted_spans(reply: str) -> list[str]:
-    return [span.strip() for span in _QUOTE.findall(reply)]
-
-
-def quotes_verified(reply: str, source: str) -> bool:
-    """True when the reply quotes at least once and every quote occurs in `source`.
-
-    Comparison ignores case and runs of whitespace, as models re-flow the lines they copy.
-    """
-    spans = quoted_spans(reply)
-    haystack = normalized(source)
-    return bool(spans) and all(span and normalized(span) in haystack for span in spans)
-
-
-def normalized(text: str) -> str:
-    """Lower case, runs of whitespace as one space: how quotes and answers are compared."""
-    return " ".join(text.lower().split())

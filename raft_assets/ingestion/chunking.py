@@ -12,27 +12,11 @@ from dataclasses import dataclass
 import polars as pl
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from raft_assets.contracts.tables import CHUNK_SCHEMA
 from raft_assets.hashing import content_hash
 
 # The reference's separators: its page separator line, paragraphs, lines, words.
 SEPARATORS = ["----------", "\n\n", "\n", " "]
-
-CHUNK_SCHEMA = {
-    "chunk_id": pl.String,
-    "doc_id": pl.String,
-    "source": pl.String,
-    "position": pl.Int32,
-    "text": pl.String,
-    "doc_ids": pl.List(pl.String),
-}
-CHUNK_COLUMNS = {
-    "chunk_id": "Hash of the chunk's text.",
-    "doc_id": "The document its questions belong to: the smallest of `doc_ids`.",
-    "source": "The source (partition) of that document.",
-    "position": "Its place among that document's chunks, from 0.",
-    "text": "The chunk: the oracle document of its questions.",
-    "doc_ids": "Every document of the source that holds this exact text.",
-}
 
 
 @dataclass(frozen=True)

@@ -6,30 +6,12 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from raft_assets.contracts.sources import LocalSource, SourceSpec
+from raft_assets.contracts.tables import DOCUMENT_SCHEMA
 from raft_assets.hashing import content_hash
 from raft_assets.ingestion.loaded import LoadedDocument
 from raft_assets.ingestion.local_files import load_folder
 from raft_assets.ingestion.sitemap import load_sitemap
-from raft_assets.ingestion.sources import LocalSource, SourceSpec
-
-DOCUMENT_SCHEMA = {
-    "doc_id": pl.String,
-    "source": pl.String,
-    "uri": pl.String,
-    "title": pl.String,
-    "text": pl.String,
-    "content_hash": pl.String,
-    "error": pl.String,
-}
-DOCUMENT_COLUMNS = {
-    "doc_id": "Hash of source and uri: the same document keeps its id across crawls.",
-    "source": "The source (partition) it was read from.",
-    "uri": "Its file path relative to the source folder, or its page URL.",
-    "title": "Its first heading, HTML title or file name.",
-    "text": "Its text, as chunked.",
-    "content_hash": "Hash of the text; empty when the document could not be read.",
-    "error": "Why the document could not be read; empty when it was.",
-}
 
 
 @dataclass(frozen=True)

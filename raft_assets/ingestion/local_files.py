@@ -11,10 +11,10 @@ from pathlib import Path
 from bs4 import BeautifulSoup
 from pypdf import PdfReader
 
+from raft_assets.contracts.sources import LocalSource, SourcesError
 from raft_assets.hashing import content_hash, files_fingerprint
 from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
 from raft_assets.ingestion.loaded import DocumentError, LoadedDocument, opening
-from raft_assets.ingestion.sources import LocalSource, SourcesError
 
 _MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _SNIFF_BYTES = 8192

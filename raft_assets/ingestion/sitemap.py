@@ -25,9 +25,9 @@ import aiohttp
 import requests
 from bs4 import BeautifulSoup
 
+from raft_assets.contracts.sources import SitemapSource
 from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
 from raft_assets.ingestion.loaded import LoadedDocument, opening
-from raft_assets.ingestion.sources import SitemapSource
 
 USER_AGENT = "raft-assets-sitemap-loader/0.1"
 # LangChain warns at import when USER_AGENT is unset; our loader sends its own User-Agent header.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import faiss
 import numpy as np
 import polars as pl
 
+from raft_assets.files import recover_dir, replace_dir, staging_dir
 from raft_assets.hashing import content_hash
 
 FORMAT_VERSION = 1
@@ -34,21 +34,6 @@ MANIFEST_FILE = "index.json"
 
 SEARCH_BATCH = 1024
 """Queries per FAISS search call: large enough for BLAS, small enough to bound the (batch, n) score matrix."""
-
-
-def _swap_folders(folder: Path) -> tuple[Path, Path]:
-    return folder.with_name(f".{folder.name}.new"), folder.with_name(f".{folder.name}.old")
-
-
-def _recover(folder: Path) -> None:
-    """Finish a swap that a crash interrupted: put a complete new (else the old) index in place."""
-    if folder.exists():
-        return
-    new, old = _swap_folders(folder)
-    for candidate in (new, old):
-        if (candidate / MANIFEST_FILE).is_file():
-            os.replace(candidate, folder)
-            return
 
 
 def _codes(values: Sequence[str]) -> np.ndarray:
@@ -209,17 +194,14 @@ class ChunkIndex:
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the index to `folder` atomically (replacing an index there); returns the folder."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _recover(folder)
-        new, old = _swap_folders(folder)
-        shutil.rmtree(new, ignore_errors=True)
-        new.mkdir()
-        np.save(new / EMBEDDINGS_FILE, self.embeddings, allow_pickle=False)
+        staging = staging_dir(folder, "saving")
+        staging.mkdir(parents=True)
+        np.save(staging / EMBEDDINGS_FILE, self.embeddings, allow_pickle=False)
         pl.DataFrame(
             {"chunk_id": self.chunk_ids, "doc_id": self.doc_ids if self.doc_ids is not None else [None] * len(self)},
             schema={"chunk_id": pl.String, "doc_id": pl.String},
-        ).write_parquet(new / CHUNKS_FILE)
-        faiss.write_index(self.faiss_index, str(new / FAISS_FILE))
+        ).write_parquet(staging / CHUNKS_FILE)
+        faiss.write_index(self.faiss_index, str(staging / FAISS_FILE))
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": self.model,
@@ -230,21 +212,15 @@ class ChunkIndex:
             "faiss_index": type(self.faiss_index).__name__,
             "data_version": self.data_version,
         }
-        partial = new / f".{MANIFEST_FILE}.partial"
-        partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        os.replace(partial, new / MANIFEST_FILE)
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(new, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        replace_dir(staging, folder)
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], read_faiss: bool = True) -> ChunkIndex:
         """The index saved in `folder`; with `read_faiss=False` the FAISS index is rebuilt when first needed."""
         folder = Path(folder)
-        _recover(folder)
+        recover_dir(folder)
         manifest_path = folder / MANIFEST_FILE
         if not manifest_path.is_file():
             raise FileNotFoundError(f"No chunk index in {folder}: materialize 'retrieval_index' first.")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from raft_assets.files import written_atomically
 
 
 class PendingEmbeddings:
@@ -41,16 +42,13 @@ class PendingEmbeddings:
     def add(self, chunk_ids: Sequence[str], embeddings: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         number = max((int(part.stem.removeprefix("part-")) for part in self._parts()), default=-1) + 1
-        path = self.folder / f"part-{number:05d}.npz"
-        partial = self.folder / f".{path.name}.partial"
-        with partial.open("wb") as file:
+        with written_atomically(self.folder / f"part-{number:05d}.npz") as partial, partial.open("wb") as file:
             np.savez(
                 file,
                 chunk_ids=np.array(list(chunk_ids), dtype=str),
                 embeddings=np.asarray(embeddings, dtype=np.float32),
                 model=np.array(self.model),
             )
-        os.replace(partial, path)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from raft_assets.contracts.layout import Layout
 from raft_assets.files import replace_dir, staging_dir, write_text_atomically
 from raft_assets.hashing import content_hash
 
@@ -36,7 +37,6 @@ TINY_SEED = 0
 TINY_VOCAB_SIZE = 4096
 TINY_CONTEXT_LENGTH = 4096  # a RAFT sample of five 1,000-character chunks is about 2,000 tiny tokens
 MAX_CONTEXT_LENGTH = 8192  # the reference fine-tunes with 8192 tokens
-POINTER_FILE = "base_model.json"
 BUILD_FILE = "build.json"
 # The files of a Hugging Face checkpoint that fine-tuning reads (not, say, the original/ folder of Meta's repos).
 CHECKPOINT_PATTERNS = (
@@ -97,19 +97,14 @@ class BaseModel:
         return cls(**{**data, "path": Path(data["path"])})
 
 
-def pointer_file(checkpoint_dir: Path) -> Path:
-    """`<checkpoint_dir>/base/base_model.json`: where later assets find the base model."""
-    return Path(checkpoint_dir) / "base" / POINTER_FILE
+def write_pointer(model: BaseModel, layout: Layout) -> Path:
+    """Record which model later assets fine-tune (`layout.base_pointer_file`)."""
+    write_text_atomically(layout.base_pointer_file, model.to_json())
+    return layout.base_pointer_file
 
 
-def write_pointer(model: BaseModel, checkpoint_dir: Path) -> Path:
-    path = pointer_file(checkpoint_dir)
-    write_text_atomically(path, model.to_json())
-    return path
-
-
-def read_pointer(checkpoint_dir: Path) -> BaseModel:
-    path = pointer_file(checkpoint_dir)
+def read_pointer(layout: Layout) -> BaseModel:
+    path = layout.base_pointer_file
     if not path.is_file():
         raise BaseModelMissing(f"No base model pointer at {path}: materialize base_model first.")
     return BaseModel.from_json(path.read_text(encoding="utf-8"))
@@ -119,10 +114,10 @@ def load_tokenizer(model: BaseModel) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model.path)
 
 
-def resolve_base_model(name: str, checkpoint_dir: Path, corpus: Callable[[], Iterable[str]]) -> BaseModel:
+def resolve_base_model(name: str, layout: Layout, corpus: Callable[[], Iterable[str]]) -> BaseModel:
     """`tiny` (built under `<checkpoint_dir>/base/tiny` from the corpus when needed), a local folder or a cached hub id."""
     if name == TINY:
-        return _resolve_tiny(Path(checkpoint_dir) / "base" / TINY, list(corpus()))
+        return _resolve_tiny(layout.base_folder / TINY, list(corpus()))
     path = Path(name).expanduser()
     return describe_checkpoint(name, path if path.is_dir() else _cached_snapshot(name))
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from raft_assets.dataset.records import chat_messages, split_instruction
+from raft_assets.contracts.raft_format import chat_messages, split_instruction
 
 IGNORE_INDEX = -100  # label of a token that carries no loss (torch's cross_entropy default ignore_index)
 

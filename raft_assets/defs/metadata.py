@@ -1,57 +1,13 @@
-"""Parquet files of the assets, and the metadata that shows them in the Dagster UI."""
+"""What the Dagster UI shows of an asset's files: column schemas, links, row counts, previews, error summaries."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
-
-from raft_assets.ingestion.sources import SOURCE_NAME_PATTERN, is_valid_source_name
-
-
-def write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    """Write atomically: a reader never sees a half-written file, a crash leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    frame.write_parquet(partial)
-    os.replace(partial, path)
-
-
-def read_parquet(path: Path, asset: str) -> pl.DataFrame:
-    if not path.is_file():
-        raise dg.Failure(f"{path} does not exist: materialize {asset!r} for this partition first.")
-    return pl.read_parquet(path)
-
-
-def partition_file(data_dir: str | Path, stage: str, source: str, suffix: str = ".parquet") -> Path:
-    """`<data_dir>/<stage>/<source><suffix>`: the file of one partition of a stage.
-
-    `source` is usually a partition key, which anyone can add in the UI: a name that the sources file would
-    refuse (`../x`, `a/b`, ...) never becomes a path, so no file outside `data_dir` is read or written.
-    """
-    if not is_valid_source_name(source):
-        raise dg.Failure(
-            f"Source name {source!r} is not a valid source name (pattern {SOURCE_NAME_PATTERN}): "
-            "it is never used as a file name. Remove that partition of doc_sources."
-        )
-    return Path(data_dir) / stage / f"{source}{suffix}"
-
-
-def read_all_partitions(
-    data_dir: str | Path, stage: str, partition_keys: list[str], columns: list[str] | None = None
-) -> pl.DataFrame:
-    """One stage's rows over the given source partitions (those materialized; the others are absent)."""
-    files = [partition_file(data_dir, stage, key) for key in partition_keys]
-    existing = [path for path in files if path.is_file()]
-    if not existing:
-        raise dg.Failure(
-            f"No {stage} file for any source ({', '.join(partition_keys) or 'no sources'}): materialize {stage!r} first."
-        )
-    return pl.concat([pl.read_parquet(path, columns=columns) for path in existing], how="vertical")
 
 
 def most_common_errors(failed: pl.DataFrame, limit: int = 3, max_chars: int = 160) -> str:

@@ -8,13 +8,12 @@ literal `<DOCUMENT>` tags defused, as in the RAFT records, so a retrieved chunk 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from raft_assets.dataset.records import without_document_tags
-from raft_assets.ingestion.corpus import read_corpus
+from raft_assets.contracts.corpus import read_corpus
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.raft_format import without_document_tags
 from raft_assets.retrieval.embeddings import embed, load_embedder
 from raft_assets.retrieval.index import ChunkIndex
 
@@ -35,14 +34,11 @@ class RetrievedChunk:
     uri: str = ""
 
 
-def read_chunks(data_dir: str | os.PathLike[str]) -> dict[str, RetrievedChunk]:
+def read_chunks(layout: Layout) -> dict[str, RetrievedChunk]:
     """Every chunk of the data folder's sources by chunk id, with its canonical document's title and uri (score 0).
 
-    Raises FileNotFoundError when no `chunks` file is there.
+    Raises MissingInput when no `chunks` file is there.
     """
-    sources = sorted(path.stem for path in (Path(data_dir) / "chunks").glob("*.parquet"))
-    if not sources:
-        raise FileNotFoundError(f"No chunks files in {Path(data_dir) / 'chunks'}: materialize 'chunks' first.")
     return {
         row["chunk_id"]: RetrievedChunk(
             chunk_id=row["chunk_id"],
@@ -53,7 +49,7 @@ def read_chunks(data_dir: str | os.PathLike[str]) -> dict[str, RetrievedChunk]:
             score=0.0,
             uri=row["uri"],
         )
-        for row in read_corpus(data_dir, sources).iter_rows(named=True)
+        for row in read_corpus(layout, layout.stage_sources("chunks")).iter_rows(named=True)
     }
 
 
@@ -72,15 +68,13 @@ class Retriever:
         self.embedder = embedder
 
     @classmethod
-    def load(
-        cls, index_folder: str | os.PathLike[str], data_dir: str | os.PathLike[str], device: str | None = None
-    ) -> Retriever:
-        """The index saved in `index_folder` (see `ChunkIndex.load`) over the chunks of `data_dir`.
+    def load(cls, layout: Layout, device: str | None = None) -> Retriever:
+        """The saved index (see `ChunkIndex.load`) over the chunks of the data folder.
 
         `device` is the embedding model's ("cpu", "cuda"; None: a GPU when there is one).
         """
-        index = ChunkIndex.load(index_folder)
-        return cls(index, read_chunks(data_dir), load_embedder(index.model, device))
+        index = ChunkIndex.load(layout.index_folder)
+        return cls(index, read_chunks(layout), load_embedder(index.model, device))
 
     def top_k(self, questions: list[str], k: int) -> list[list[RetrievedChunk]]:
         """The k chunks nearest to each question, nearest first (all of them when the index has fewer)."""

@@ -28,10 +28,10 @@ import openai
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
-from raft_assets.dataset.records import chat_messages, without_document_tags
-from raft_assets.generation.prompts import Prompt, documents_block, load_prompts
-from raft_assets.resources.llm import ChatClient, LLMResource, RequestFailed, Usage
-from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_key
+from raft_assets.contracts.prompts import Prompt, load_prompts
+from raft_assets.contracts.raft_format import chat_messages, documents_block, without_document_tags
+from raft_assets.llm.client import ChatClient, Endpoint, RequestFailed, Usage
+from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
 
 DEFAULT_MAX_NEW_TOKENS = 512
 STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>")  # Llama 3's end of turn and end of text, when the vocabulary has them
@@ -234,16 +234,16 @@ class EndpointBackend:
     """
 
     def __init__(
-        self, llm: LLMResource, cache: ReplyCache, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, name: str = ""
+        self, endpoint: Endpoint, cache: ReplyCache, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, name: str = ""
     ) -> None:
-        self.llm = llm
+        self.endpoint = endpoint
         self.cache = cache
-        self.name = name or f"endpoint:{llm.model}"
+        self.name = name or f"endpoint:{endpoint.model}"
         self.prompt: Prompt = dataclasses.replace(load_prompts()["raft_chat"], params=greedy_params(max_new_tokens))
         self.usage = Usage()
 
     async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:
-        async with self.llm.client(self.cache) as client:
+        async with ChatClient(self.endpoint, self.cache) as client:
             answers = await asyncio.gather(*(self._answer(client, request) for request in requests))
         self.usage = client.usage
         return list(answers)
@@ -258,18 +258,21 @@ class EndpointBackend:
 
 
 def stream_endpoint(
-    llm: LLMResource, request: AnswerRequest, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    endpoint: Endpoint, request: AnswerRequest, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 ) -> Iterator[str]:
     """The answer to one request from the endpoint (the first, with replicas), streamed; not cached.
 
     Raises openai.APIError when the request finally fails (after the SDK's retries).
     """
     client = openai.OpenAI(
-        base_url=llm.endpoints()[0], api_key=llm.api_key, max_retries=llm.max_retries, timeout=llm.timeout_s
+        base_url=endpoint.urls[0],
+        api_key=endpoint.api_key,
+        max_retries=endpoint.max_retries,
+        timeout=endpoint.timeout_s,
     )
     with client:
         stream = client.chat.completions.create(
-            model=llm.model, messages=answer_messages(request), stream=True, **greedy_params(max_new_tokens)
+            model=endpoint.model, messages=answer_messages(request), stream=True, **greedy_params(max_new_tokens)
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:

@@ -6,8 +6,6 @@ The same definitions load in both places; only the executor and the pod specs of
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 EXECUTORS = ("multiprocess", "k8s")
@@ -15,9 +13,8 @@ POD_IP = "POD_IP"  # the GPU step pod's own address, for torchrun --local_addr (
 SHM_VOLUME = "dshm"
 
 
-def executor() -> dg.ExecutorDefinition:
-    """The executor named by `RAFT_EXECUTOR`: `multiprocess` (default) or `k8s` (one pod per step, dagster-k8s)."""
-    name = os.environ.get("RAFT_EXECUTOR", "multiprocess")
+def executor(name: str) -> dg.ExecutorDefinition:
+    """The executor `name`d by `RAFT_EXECUTOR`: `multiprocess` (default) or `k8s` (one pod per step, dagster-k8s)."""
     if name == "multiprocess":
         return dg.multiprocess_executor
     if name == "k8s":
@@ -27,17 +24,14 @@ def executor() -> dg.ExecutorDefinition:
     raise ValueError(f"RAFT_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}.")
 
 
-def gpu_op_tags(gpus_variable: str, default_gpus: int) -> dict[str, object]:
+def gpu_op_tags(gpus: int) -> dict[str, object]:
     """The `dagster-k8s/config` of a GPU step's pod (ignored by the local executor).
 
-    `nvidia.com/gpu` GPUs, the number from `gpus_variable`; a memory-backed /dev/shm, since NCCL and vLLM's
-    tensor-parallel workers exchange tensors through shared memory and a container gets 64 MB by default;
-    and `POD_IP`, the pod's address, which multi-node training gives torchrun as `--local_addr`.
+    `nvidia.com/gpu` GPUs; a memory-backed /dev/shm, since NCCL and vLLM's tensor-parallel workers exchange
+    tensors through shared memory and a container gets 64 MB by default; and `POD_IP`, the pod's address,
+    which multi-node training gives torchrun as `--local_addr`.
     """
-    gpus = os.environ.get(gpus_variable, str(default_gpus))
-    if not gpus.isdigit() or int(gpus) < 1:
-        raise ValueError(f"{gpus_variable}={gpus!r}: expected a whole number of GPUs, at least 1.")
-    resources = {"nvidia.com/gpu": str(int(gpus))}
+    resources = {"nvidia.com/gpu": str(gpus)}
     container = {
         "resources": {"requests": resources, "limits": resources},
         "env": [{"name": POD_IP, "value_from": {"field_ref": {"field_path": "status.podIP"}}}],

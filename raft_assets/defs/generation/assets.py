@@ -10,30 +10,18 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from raft_assets.contracts.tables import ANSWER_SCHEMA, GENERATION_COLUMNS, QUESTION_SCHEMA, read_parquet, write_parquet
+from raft_assets.defs.ingestion.assets import chunks
+from raft_assets.defs.metadata import column_schema, markdown_preview, most_common_errors, table_metadata
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.generation.extractive import EXTRACTIVE_MODEL, STAND_IN_NOTE, ExtractiveBackend
 from raft_assets.generation.progress import NOT_FAILED, StageProgress
-from raft_assets.generation.tasks import (
-    ANSWER_SCHEMA,
-    GENERATION_COLUMNS,
-    QUESTION_SCHEMA,
-    Backend,
-    generate_answers,
-    generate_questions,
-)
+from raft_assets.generation.tasks import generate_answers, generate_questions
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.assets import chunks
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.llm import EndpointUnusable, LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.resources.reply_cache import ReplyCache
-from raft_assets.storage import (
-    column_schema,
-    markdown_preview,
-    most_common_errors,
-    read_parquet,
-    table_metadata,
-    write_parquet,
-)
+from raft_assets.llm.asking import Replier
+from raft_assets.llm.client import EndpointUnusable
+from raft_assets.llm.reply_cache import ReplyCache
 
 
 class GenerationConfig(dg.Config):
@@ -56,12 +44,12 @@ def failure_rate_check(asset: str) -> dg.AssetCheckSpec:
 
 
 @asynccontextmanager
-async def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AsyncIterator[Backend]:
+async def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AsyncIterator[Replier]:
     """The `llm` endpoint with the on-disk reply cache, or the extractive generator when none is set."""
     if not llm.configured:
         yield ExtractiveBackend()
         return
-    cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
+    cache = ReplyCache(paths.layout.reply_cache_file)
     try:
         async with llm.client(cache) as client:
             yield client
@@ -75,7 +63,7 @@ def generate(
     llm: LLMResource,
     paths: ProjectPaths,
     total: int,
-    work: Callable[[Backend, StageProgress], Awaitable[pl.DataFrame]],
+    work: Callable[[Replier, StageProgress], Awaitable[pl.DataFrame]],
 ) -> tuple[pl.DataFrame, dict]:
     """Run one stage's requests in an event loop; return its table and the metadata of the run."""
     stage = f"{context.asset_key.to_user_string()}[{context.partition_key}]"

@@ -5,7 +5,6 @@ The checks are asset checks of their own, run after the files are written and re
 """
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +14,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from raft_assets.contracts.corpus import read_corpus
+from raft_assets.contracts.layout import RAFT_FILES
+from raft_assets.contracts.raft_format import REFUSAL_ANSWER, Passage, Sample, question_key, without_document_tags
+from raft_assets.contracts.tables import EVAL_COLUMNS, EVAL_SCHEMA, read_all_partitions, write_parquet
 from raft_assets.dataset.builder import (
     FEW_DOCUMENTS,
-    FILES,
     SPLITS,
-    SPLITS_FILE,
     DatasetOptions,
     assign_splits,
     percentiles,
@@ -31,47 +32,20 @@ from raft_assets.dataset.checks import EXAMPLES, SplitContents, describe_overlap
 from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
-from raft_assets.dataset.records import REFUSAL_ANSWER, Passage, Sample, question_key, without_document_tags
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.metadata import column_schema, file_link, markdown_preview, table_metadata
+from raft_assets.defs.partitions import doc_sources, every_source
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.retrieval.assets import retrieval_index
+from raft_assets.defs.training.assets import base_model
 from raft_assets.files import write_text_atomically
-from raft_assets.generation.assets import cot_answers, questions
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.assets import chunks, documents
-from raft_assets.ingestion.corpus import read_corpus
-from raft_assets.partitions import doc_sources, every_source
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.retrieval.assets import index_folder, retrieval_index
 from raft_assets.retrieval.index import ChunkIndex
-from raft_assets.storage import (
-    column_schema,
-    file_link,
-    markdown_preview,
-    read_all_partitions,
-    table_metadata,
-    write_parquet,
-)
-from raft_assets.training.assets import base_model
+from raft_assets.settings import load_settings
 from raft_assets.training.base_model import load_tokenizer, read_pointer
 
 NUM_DISTRACTORS = "num_distractors"  # raft_dataset's metadata: what its records check expects
-
-
-def dataset_folder(paths: ProjectPaths) -> Path:
-    """`<data_dir>/raft`: the RAFT files (`FILES`) and the split of every sample (`SPLITS_FILE`)."""
-    return Path(paths.data_dir) / "raft"
-
-
-def eval_set_file(paths: ProjectPaths) -> Path:
-    return Path(paths.data_dir) / "eval" / "eval_set.json"
-
-
-# eval_set.json as a table (each item has more fields; these are the ones a reviewer reads).
-EVAL_SCHEMA = {"id": pl.String, "question": pl.String, "answer": pl.String, "source": pl.String}
-EVAL_COLUMNS = {
-    "id": "The question_id of the generated question it comes from.",
-    "question": "The question, as asked of every evaluated system.",
-    "answer": "The reference answer (curated when the curation file corrects it).",
-    "source": "The source of the question's document: a document never in training.",
-}
 
 
 class RaftDatasetConfig(dg.Config):
@@ -136,7 +110,7 @@ class EvalSetConfig(dg.Config):
     size: int = Field(default=100, gt=0)
     seed: int = 42
     curation_file: str = Field(
-        default=os.environ.get("RAFT_EVAL_CURATION", "data/eval_curation.yaml"),
+        default=load_settings().eval_curation,
         description="Ids to reject and answers to correct by hand, applied on every materialization.",
     )
 
@@ -149,11 +123,11 @@ def load_samples(
     The same question asked under two sources (the same chunk text in both) or about two chunks is one sample:
     the first by question_id. Its document and source are its chunk's canonical ones (`read_corpus`).
     """
-    answers = read_all_partitions(paths.data_dir, "cot_answers", sources).filter(pl.col("status") == "ok")
+    answers = read_all_partitions(paths.layout, "cot_answers", sources).filter(pl.col("status") == "ok")
     if require_quotes_ok:
         answers = answers.filter(pl.col("quotes_ok"))
-    asked = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "question", "chunk_id"])
-    corpus = read_corpus(paths.data_dir, sources)
+    asked = read_all_partitions(paths.layout, "questions", sources, ["question_id", "question", "chunk_id"])
+    corpus = read_corpus(paths.layout, sources)
     rows = (
         answers.unique("question_id", keep="first")
         .join(asked.unique("question_id", keep="first"), on="question_id")
@@ -191,9 +165,9 @@ def raft_dataset(
     if not samples:
         raise dg.Failure("No answered question to build records from: materialize cot_answers first.")
     options = config.options()
-    model = read_pointer(Path(paths.checkpoint_dir))
+    model = read_pointer(paths.layout)
     lengths = TokenLengths(load_tokenizer(model), config.context_length or model.context_length)
-    folder = dataset_folder(paths)
+    layout = paths.layout
     try:
         doc_ids = {s.doc_id for s in samples}
         splits = assign_splits(
@@ -206,12 +180,12 @@ def raft_dataset(
         )
         neighbours = None
         if config.distractors != "random":
-            index = ChunkIndex.load(index_folder(paths))
+            index = ChunkIndex.load(layout.index_folder)
             neighbours = index.nearest_other_documents([p.chunk_id for p in passages], config.num_distractors * 3)
         plans = plan_records(samples, passages, splits, options, neighbours)
     except NotEnoughDocuments as error:
         raise dg.Failure(f"Cannot build the RAFT dataset: {error}.") from None
-    stats = write_dataset(folder, plans, samples, passages, options, lengths)
+    stats = write_dataset(layout, plans, samples, passages, options, lengths)
     manifest = pl.DataFrame(
         {
             "question_id": [s.question_id for s in samples],
@@ -222,7 +196,7 @@ def raft_dataset(
             "split": [splits[s.doc_id] for s in samples],
         }
     )
-    write_parquet(manifest, folder / SPLITS_FILE)
+    write_parquet(manifest, layout.splits_file)
 
     documents_per_split = Counter(splits.values())
     small = [
@@ -243,7 +217,7 @@ def raft_dataset(
     )
     return dg.MaterializeResult(
         metadata={
-            **file_link(folder),
+            **file_link(layout.raft_folder),
             "dagster/row_count": written,
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
@@ -264,7 +238,7 @@ def raft_dataset(
                     f"```json\n{json.dumps(r, ensure_ascii=False, indent=2)[:3000]}\n```" for r in stats.preview
                 )
             ),
-            "files": ", ".join(FILES.values()),
+            "files": ", ".join(RAFT_FILES.values()),
         },
         data_version=dg.DataVersion(stats.digest.hexdigest()),
     )
@@ -295,9 +269,9 @@ def raft_dataset(
 )
 def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPaths) -> Iterator[dg.AssetCheckResult]:
     """The checks of raft_dataset, on its files as written."""
-    folder = dataset_folder(paths)
+    layout = paths.layout
     num_distractors = latest_metadata(context.instance, raft_dataset.key)[NUM_DISTRACTORS].value
-    problems = record_problems(folder / FILES["all"], num_distractors)
+    problems = record_problems(layout.raft_file("all"), num_distractors)
     for name, failing in problems.failing.items():
         yield dg.AssetCheckResult(
             check_name=name,
@@ -307,8 +281,8 @@ def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPa
             if failing
             else None,
         )
-    train = SplitContents.of_records("train", folder / FILES["train"])
-    test = SplitContents.of_records("test", folder / FILES["test"])
+    train = SplitContents.of_records("train", layout.raft_file("train"))
+    test = SplitContents.of_records("test", layout.raft_file("test"))
     yield overlap_result("splits_disjoint", overlaps(train, test))
 
 
@@ -321,9 +295,9 @@ def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPa
 def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """Question/answer pairs from the eval documents, filtered for quality and curated by hand."""
     sources = context.instance.get_dynamic_partitions(doc_sources.name)
-    manifest = pl.read_parquet(dataset_folder(paths) / SPLITS_FILE)
-    answers = read_all_partitions(paths.data_dir, "cot_answers", sources).filter(pl.col("status") == "ok")
-    writers = read_all_partitions(paths.data_dir, "questions", sources, ["question_id", "model"])
+    manifest = pl.read_parquet(paths.layout.splits_file)
+    answers = read_all_partitions(paths.layout, "cot_answers", sources).filter(pl.col("status") == "ok")
+    writers = read_all_partitions(paths.layout, "questions", sources, ["question_id", "model"])
     candidates = (
         manifest.filter(pl.col("split") == "eval")
         .join(
@@ -331,11 +305,11 @@ def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: Pr
         )
         .join(writers.unique("question_id", keep="first"), on="question_id")
     )
-    corpus = read_corpus(paths.data_dir, sources)
+    corpus = read_corpus(paths.layout, sources)
     chunk_texts = dict(zip(corpus["chunk_id"], corpus["text"].map_elements(without_document_tags), strict=True))
     curation = Curation.load(Path(config.curation_file))
     items, reasons = build_eval_set(candidates, chunk_texts, config.size, config.seed, curation)
-    path = eval_set_file(paths)
+    path = paths.layout.eval_set_file
     write_text_atomically(path, json.dumps(items, ensure_ascii=False, indent=1))
 
     frame = pl.DataFrame(items, schema=EVAL_SCHEMA)
@@ -366,11 +340,11 @@ def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: Pr
     "raft_test.jsonl, and no eval oracle is shown in a training record.",
 )
 def eval_set_disjoint_from_training(paths: ProjectPaths) -> dg.AssetCheckResult:
-    folder = dataset_folder(paths)
-    evaluation = SplitContents.of_eval_set(eval_set_file(paths))
+    layout = paths.layout
+    evaluation = SplitContents.of_eval_set(layout.eval_set_file)
     found = {
-        **overlaps(SplitContents.of_records("train", folder / FILES["train"]), evaluation),
-        **overlaps(SplitContents.of_records("test", folder / FILES["test"]), evaluation),
+        **overlaps(SplitContents.of_records("train", layout.raft_file("train")), evaluation),
+        **overlaps(SplitContents.of_records("test", layout.raft_file("test")), evaluation),
     }
     return overlap_result("disjoint_from_training", found)
 

@@ -1,14 +1,21 @@
-"""The RAFT record (the seed's `hf` format) and its chat form, as the reference fine-tuning loader reads them."""
+"""The RAFT format, in one place: documents in `<DOCUMENT>` tags, the record (the seed's `hf` format) and its chat
+form as the reference fine-tuning loader reads them, and the answer format every model is asked for (reasoning with
+`##begin_quote##` quotes, then `<ANSWER>: ...`) with its parsing.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from raft_assets.generation.parsing import normalized
-from raft_assets.generation.prompts import documents_block, load_prompts
+from raft_assets.contracts.prompts import load_prompts
 
 DOCUMENT_START, DOCUMENT_END = "<DOCUMENT>", "</DOCUMENT>"
+BEGIN_QUOTE, END_QUOTE = "##begin_quote##", "##end_quote##"
+ANSWER_TAG = "<ANSWER>:"
+ANSWER_TAG_PATTERN = re.compile(r"<ANSWER>\s*:")
+_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 REFUSAL_ANSWER = (
     "Sorry, I don't know the answer to this question because related documents are not found. Please try again."
 )
@@ -96,3 +103,36 @@ def chat_messages(question: str, documents: str, answer: str | None = None) -> l
 def chat_record(record: dict[str, Any]) -> dict[str, Any]:
     documents, question = split_instruction(record["instruction"])
     return {"id": record["id"], "messages": chat_messages(question, documents, record["cot_answer"])}
+
+
+def documents_block(texts: list[str]) -> str:
+    """Documents as the RAFT format wraps them: `<DOCUMENT>...</DOCUMENT>`, one after another."""
+    return "".join(f"{DOCUMENT_START}{text}{DOCUMENT_END}\n" for text in texts)
+
+
+def final_answer(reply: str) -> str | None:
+    """The text after the last `<ANSWER>:` tag, or None when there is none (or it is empty)."""
+    tags = list(ANSWER_TAG_PATTERN.finditer(reply))
+    if not tags:
+        return None
+    answer = reply[tags[-1].end() :].strip().removesuffix("</ANSWER>").strip()
+    return answer or None
+
+
+def quoted_spans(reply: str) -> list[str]:
+    return [span.strip() for span in _QUOTE.findall(reply)]
+
+
+def quotes_verified(reply: str, source: str) -> bool:
+    """True when the reply quotes at least once and every quote occurs in `source`.
+
+    Comparison ignores case and runs of whitespace, as models re-flow the lines they copy.
+    """
+    spans = quoted_spans(reply)
+    haystack = normalized(source)
+    return bool(spans) and all(span and normalized(span) in haystack for span in spans)
+
+
+def normalized(text: str) -> str:
+    """Lower case, runs of whitespace as one space: how quotes and answers are compared."""
+    return " ".join(text.lower().split())

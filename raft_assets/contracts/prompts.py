@@ -31,8 +31,3 @@ class Prompt:
 def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, Prompt]:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     return {name: Prompt(name=name, **spec) for name, spec in raw.items()}
-
-
-def documents_block(texts: list[str]) -> str:
-    """Documents as the RAFT format wraps them: `<DOCUMENT>...</DOCUMENT>`, one after another."""
-    return "".join(f"<DOCUMENT>{text}</DOCUMENT>\n" for text in texts)

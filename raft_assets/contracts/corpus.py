@@ -8,23 +8,21 @@ and retrieval all name that document, so a text belongs to exactly one split how
 
 from __future__ import annotations
 
-import os
-
-import dagster as dg
 import polars as pl
 
-from raft_assets.storage import partition_file, read_all_partitions
+from raft_assets.contracts.layout import Layout, MissingInput
+from raft_assets.contracts.tables import read_all_partitions
 
 
-def read_corpus(data_dir: str | os.PathLike[str], sources: list[str]) -> pl.DataFrame:
+def read_corpus(layout: Layout, sources: list[str]) -> pl.DataFrame:
     """Every distinct chunk of the given sources' `chunks` files, sorted by chunk_id.
 
     Columns: `chunk_id`, `text`; its canonical document's `doc_id`, `source`, `title` and `uri`; and every
-    holder's: `doc_ids`, `sources`, `uris`. Raises dg.Failure when no source has a `chunks` file; titles and
+    holder's: `doc_ids`, `sources`, `uris`. Raises MissingInput when no source has a `chunks` file (or one from before `doc_ids`); titles and
     URIs are empty where a source has no `documents` file.
     """
-    occurrences = _chunks(data_dir, sources).rename({"doc_ids": "holder"}).explode("holder")
-    documents = _documents(data_dir, sources).rename({"doc_id": "holder"})
+    occurrences = _chunks(layout, sources).rename({"doc_ids": "holder"}).explode("holder")
+    documents = _documents(layout, sources).rename({"doc_id": "holder"})
     occurrences = occurrences.join(documents, on="holder", how="left").sort("holder")
     return (
         occurrences.group_by("chunk_id")
@@ -42,18 +40,18 @@ def read_corpus(data_dir: str | os.PathLike[str], sources: list[str]) -> pl.Data
     )
 
 
-def _chunks(data_dir: str | os.PathLike[str], sources: list[str]) -> pl.DataFrame:
+def _chunks(layout: Layout, sources: list[str]) -> pl.DataFrame:
     try:
-        return read_all_partitions(data_dir, "chunks", sources, ["chunk_id", "source", "text", "doc_ids"])
+        return read_all_partitions(layout, "chunks", sources, ["chunk_id", "source", "text", "doc_ids"])
     except pl.exceptions.ColumnNotFoundError:
-        raise dg.Failure(
+        raise MissingInput(
             "A chunks file was written by an earlier version, without `doc_ids`: materialize chunks again "
             "(it sends no LLM request: the chunk ids stay the same)."
         ) from None
 
 
-def _documents(data_dir: str | os.PathLike[str], sources: list[str]) -> pl.DataFrame:
-    files = [path for path in (partition_file(data_dir, "documents", s) for s in sources) if path.is_file()]
+def _documents(layout: Layout, sources: list[str]) -> pl.DataFrame:
+    files = [path for path in (layout.stage_file("documents", s) for s in sources) if path.is_file()]
     if not files:
         return pl.DataFrame(schema={"doc_id": pl.String, "title": pl.String, "uri": pl.String})
     return pl.concat([pl.read_parquet(path, columns=["doc_id", "title", "uri"]) for path in files]).unique("doc_id")

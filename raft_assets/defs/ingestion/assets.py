@@ -4,21 +4,22 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from raft_assets.hashing import content_hash
-from raft_assets.ingestion.chunking import CHUNK_COLUMNS, CHUNK_SCHEMA, SEPARATORS, split_documents
-from raft_assets.ingestion.documents import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA, load_source
-from raft_assets.ingestion.local_files import folder_fingerprint
-from raft_assets.ingestion.sources import LocalSource
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.storage import (
-    column_schema,
-    markdown_preview,
-    most_common_errors,
+from raft_assets.contracts.sources import LocalSource
+from raft_assets.contracts.tables import (
+    CHUNK_COLUMNS,
+    CHUNK_SCHEMA,
+    DOCUMENT_COLUMNS,
+    DOCUMENT_SCHEMA,
     read_parquet,
-    table_metadata,
     write_parquet,
 )
+from raft_assets.defs.metadata import column_schema, markdown_preview, most_common_errors, table_metadata
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.hashing import content_hash
+from raft_assets.ingestion.chunking import SEPARATORS, split_documents
+from raft_assets.ingestion.documents import load_source
+from raft_assets.ingestion.local_files import folder_fingerprint
 
 # Metadata of a local source's `documents` materialization: the folder as it was read (`folder_fingerprint`).
 FILES_FINGERPRINT = "files_fingerprint"

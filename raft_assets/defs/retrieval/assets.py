@@ -7,10 +7,11 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from raft_assets.ingestion.assets import chunks
-from raft_assets.ingestion.corpus import read_corpus
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
+from raft_assets.contracts.corpus import read_corpus
+from raft_assets.defs.ingestion.assets import chunks
+from raft_assets.defs.metadata import file_link, markdown_preview
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
 from raft_assets.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
     EmbeddingModelNotFoundError,
@@ -21,7 +22,6 @@ from raft_assets.retrieval.embeddings import (
 )
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.retrieval.pending import PendingEmbeddings
-from raft_assets.storage import file_link, markdown_preview
 
 EMBED_SLICE = 1024
 """Chunks embedded between two progress messages and two saves of the pending embeddings."""
@@ -37,11 +37,6 @@ class RetrievalIndexConfig(dg.Config):
     device: str | None = Field(
         default=None, description="Device of the embedding model, e.g. 'cpu' or 'cuda'; unset: a GPU if any."
     )
-
-
-def index_folder(paths: ProjectPaths) -> Path:
-    """`<data_dir>/index`: where `retrieval_index` writes the index (`ChunkIndex.load` reads it)."""
-    return Path(paths.data_dir) / "index"
 
 
 def _reusable(folder: Path, pending: PendingEmbeddings, log) -> tuple[list[str], np.ndarray | None, set[str]]:
@@ -93,11 +88,11 @@ def retrieval_index(
     missing = [source for source in sources if not paths.stage_file("chunks", source).is_file()]
     if missing:
         context.log.warning(f"No chunks yet for sources {', '.join(missing)}: they are not in the index.")
-    frame = read_corpus(paths.data_dir, sources)
+    frame = read_corpus(paths.layout, sources)
     chunk_ids = frame["chunk_id"].to_list()
 
-    folder = index_folder(paths)
-    pending = PendingEmbeddings(folder.with_name(f".{folder.name}.pending"), config.embedding_model)
+    folder = paths.layout.index_folder
+    pending = PendingEmbeddings(paths.layout.pending_index_folder, config.embedding_model)
     pool_ids, pool, previous_ids = _reusable(folder, pending, context.log)
     pool_rows = {chunk_id: row for row, chunk_id in enumerate(pool_ids)}
     rows = np.fromiter((pool_rows.get(chunk_id, -1) for chunk_id in chunk_ids), dtype=np.int64, count=len(chunk_ids))

@@ -1,6 +1,6 @@
-"""The `llm` and `judge` resources: any OpenAI-compatible chat endpoint, used as hard as it allows.
+"""A client for any OpenAI-compatible chat endpoint, used as hard as it allows.
 
-`LLMResource` is the configuration (from RAFT_LLM_* or RAFT_JUDGE_* variables); `ChatClient` is one
+`Endpoint` is the configuration (the `llm` and `judge` resources build it); `ChatClient` is one
 materialization's connection: it keeps up to `max_concurrency` requests in flight, spread over the
 replicas by outstanding requests, within optional requests- and tokens-per-minute limits and a token
 budget. The openai SDK retries 408/409/429/5xx, timeouts and dropped connections with exponential
@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-import dagster as dg
 import openai
 from aiolimiter import AsyncLimiter
-from pydantic import Field
 
-from raft_assets.generation.prompts import Prompt
-from raft_assets.resources.reply_cache import CachedReply, ReplyCache, request_key
+from raft_assets.contracts.prompts import Prompt
+from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
+DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 6
 CHARS_PER_TOKEN = 4  # for estimates before a request is sent
 PREFLIGHT_TIMEOUT_S = 15.0  # per attempt of the endpoint check (GET /models)
 REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
@@ -117,47 +117,24 @@ class TokenBudget:
         self.spent += actual
 
 
-class LLMResource(dg.ConfigurableResource):
-    """An OpenAI-compatible chat endpoint (vLLM, TGI, a cloud API), or several replicas of one."""
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, a cloud API), or several replicas of one, and how hard to use it."""
 
-    base_url: str | None = Field(
-        default=None, description="Endpoint URL(s), comma-separated replicas; unset: no endpoint (see each use)."
-    )
-    api_key: str = Field(default="EMPTY", repr=False, description="Set it with an environment variable (dg.EnvVar).")
+    urls: tuple[str, ...]
     model: str = DEFAULT_MODEL
-    max_concurrency: int = Field(default=64, gt=0, description="Requests in flight at once, over all replicas.")
-    requests_per_minute: int | None = Field(default=None, gt=0)
-    tokens_per_minute: int | None = Field(default=None, gt=0, description="Counts prompt + max_tokens per request.")
-    timeout_s: float = Field(default=120.0, gt=0, description="Per HTTP attempt.")
-    max_retries: int = Field(default=6, ge=0)
-    token_budget: int | None = Field(
-        default=None, gt=0, description="Most tokens one materialization may spend; requests past it are not sent."
-    )
+    api_key: str = field(default="EMPTY", repr=False)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # requests in flight at once, over all replicas
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None  # counts prompt + max_tokens per request
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per HTTP attempt
+    max_retries: int = DEFAULT_MAX_RETRIES
+    token_budget: int | None = None  # most tokens one client may spend; requests past it are not sent
 
     @classmethod
-    def from_env(cls, prefix: str) -> LLMResource:
-        """Configuration from `<prefix>_BASE_URL`, `_API_KEY` (as a dg.EnvVar), `_MODEL`, `_MAX_CONCURRENCY`."""
-        env = os.environ
-        settings: dict[str, Any] = {"base_url": env.get(f"{prefix}_BASE_URL") or None}
-        if f"{prefix}_API_KEY" in env:
-            settings["api_key"] = dg.EnvVar(f"{prefix}_API_KEY")
-        if env.get(f"{prefix}_MODEL"):
-            settings["model"] = env[f"{prefix}_MODEL"]
-        if env.get(f"{prefix}_MAX_CONCURRENCY"):
-            settings["max_concurrency"] = int(env[f"{prefix}_MAX_CONCURRENCY"])
-        return cls(**settings)
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.base_url)
-
-    def endpoints(self) -> list[str]:
-        return [url.strip() for url in (self.base_url or "").split(",") if url.strip()]
-
-    def client(self, cache: ReplyCache) -> ChatClient:
-        if not self.configured:
-            raise dg.Failure("No endpoint is configured for this model (set its *_BASE_URL variable).")
-        return ChatClient(self, cache)
+    def at(cls, base_url: str, **settings: Any) -> Endpoint:
+        """The endpoint of `base_url`: one URL, or comma-separated replicas."""
+        return cls(tuple(url.strip() for url in base_url.split(",") if url.strip()), **settings)
 
 
 def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
@@ -178,7 +155,7 @@ def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> st
 class ChatClient:
     """Sends chat requests for one materialization; use as `async with`, inside the event loop."""
 
-    def __init__(self, config: LLMResource, cache: ReplyCache) -> None:
+    def __init__(self, config: Endpoint, cache: ReplyCache) -> None:
         self.config = config
         self.model = config.model
         self.cache = cache
@@ -192,7 +169,7 @@ class ChatClient:
         self._endpoints_checked: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatClient:
-        self._clients = [self._openai_client(url) for url in self.config.endpoints()]
+        self._clients = [self._openai_client(url) for url in self.config.urls]
         self._in_flight = [0] * len(self._clients)
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         return self
@@ -268,7 +245,7 @@ class ChatClient:
         A server without the route (404) or failing it (5xx) is given the benefit of the doubt: its chat requests
         say more. Two attempts and at most 15 s each, so a wrong URL stops a stage within seconds.
         """
-        for url, client in zip(self.config.endpoints(), self._clients, strict=True):
+        for url, client in zip(self.config.urls, self._clients, strict=True):
             checking = client.with_options(max_retries=1, timeout=min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S))
             try:
                 served = [model.id async for model in checking.models.list()]

@@ -1,13 +1,12 @@
 """The crawl schedule: every source is read again (daily by default, `RAFT_CRAWL_SCHEDULE` to change)."""
 
-import os
-
 import dagster as dg
 
-from raft_assets.automation.jobs import crawl_job
-from raft_assets.partitions import doc_sources
+from raft_assets.defs.automation.jobs import crawl_job
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.settings import load_settings
 
-CRAWL_SCHEDULE = os.environ.get("RAFT_CRAWL_SCHEDULE", "0 3 * * *")
+CRAWL_SCHEDULE = load_settings().crawl_schedule
 
 
 @dg.schedule(

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,25 +9,27 @@ import dagster as dg
 import torch
 from pydantic import Field
 
-from raft_assets.deployment import gpu_op_tags
-from raft_assets.files import write_text_atomically
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.tables import read_all_partitions
+from raft_assets.defs.deployment import gpu_op_tags
+from raft_assets.defs.ingestion.assets import chunks
+from raft_assets.defs.metadata import file_link
+from raft_assets.defs.partitions import doc_sources, every_source
+from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.hashing import content_hash, tree_fingerprint
-from raft_assets.ingestion.assets import chunks
-from raft_assets.partitions import doc_sources, every_source
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.resources.trainer import TrainerResource
-from raft_assets.storage import file_link, read_all_partitions
+from raft_assets.settings import load_settings
 from raft_assets.training.base_model import load_tokenizer, read_pointer, resolve_base_model, write_pointer
-from raft_assets.training.checkpoint import PROBE_FILE, TrainParams
+from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE, TrainParams
 from raft_assets.training.export import Export, export_hf_checkpoint
 
 MAX_CONTEXT_LENGTH = 8192  # the reference fine-tunes Llama 3 8B with 8,192-token blocks
-LATEST_RUN = "latest_run"  # in checkpoints/fsdp/ and checkpoints/hf/: the name of the newest run
+SETTINGS = load_settings()
 
 
 class BaseModelConfig(dg.Config):
     name: str = Field(
-        default=os.environ.get("RAFT_BASE_MODEL", "tiny"),
+        default=SETTINGS.base_model,
         description="A local model directory, a Hugging Face id already in the local cache, or `tiny`.",
     )
 
@@ -37,13 +38,13 @@ class BaseModelConfig(dg.Config):
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The model to fine-tune; `tiny` is a small Llama built locally, its tokenizer trained on the chunks."""
     sources = context.instance.get_dynamic_partitions(doc_sources.name)
-    checkpoints = Path(paths.checkpoint_dir)
+    layout = paths.layout
     model = resolve_base_model(
         config.name,
-        checkpoints,
-        lambda: read_all_partitions(paths.data_dir, "chunks", sources, ["chunk_id", "text"]).sort("chunk_id")["text"],
+        layout,
+        lambda: read_all_partitions(layout, "chunks", sources, ["chunk_id", "text"]).sort("chunk_id")["text"],
     )
-    write_pointer(model, checkpoints)
+    write_pointer(model, layout)
     tokenizer = load_tokenizer(model)
     example = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is FSDP?"}], tokenize=False, add_generation_prompt=True
@@ -148,9 +149,9 @@ def file_digest(*paths: Path) -> str:
 def train_params(config: FineTuneConfig, paths: ProjectPaths) -> TrainParams:
     """The run's parameters; the run folder is named by a hash of them and of the data, so an interrupted
     run is resumed by the next materialization, and new data or settings start a new run."""
-    model = read_pointer(Path(paths.checkpoint_dir))
-    raft = Path(paths.data_dir) / "raft"
-    train_file, test_file = raft / "raft_train.jsonl", raft / "raft_test.jsonl"
+    layout = paths.layout
+    model = read_pointer(layout)
+    train_file, test_file = layout.raft_file("train"), layout.raft_file("test")
     settings = config.model_dump()
     settings["context_length"] = config.context_length or min(model.context_length, MAX_CONTEXT_LENGTH)
     run = content_hash(json.dumps(settings, sort_keys=True), str(model.path), file_digest(train_file, test_file))[:12]
@@ -158,7 +159,7 @@ def train_params(config: FineTuneConfig, paths: ProjectPaths) -> TrainParams:
         base_model=str(model.path),
         train_file=str(train_file.resolve()),
         test_file=str(test_file.resolve()) if test_file.stat().st_size else None,
-        output_dir=str((Path(paths.checkpoint_dir) / "fsdp" / run).resolve()),
+        output_dir=str((layout.fsdp_folder / run).resolve()),
         **settings,
     )
 
@@ -168,7 +169,7 @@ def train_params(config: FineTuneConfig, paths: ProjectPaths) -> TrainParams:
     kinds={"pytorch", "torchrun"},
     deps=["raft_dataset", base_model],
     pool="gpu",
-    op_tags=gpu_op_tags("RAFT_K8S_TRAIN_GPUS", 8),
+    op_tags=gpu_op_tags(SETTINGS.train_gpus),
 )
 def fsdp_checkpoint(
     context: dg.AssetExecutionContext, config: FineTuneConfig, paths: ProjectPaths, trainer: TrainerResource
@@ -176,11 +177,10 @@ def fsdp_checkpoint(
     """Fine-tune the base model on raft_train.jsonl with FSDP2 under torchrun; sharded DCP checkpoints."""
     params = train_params(config, paths)
     run_dir = Path(params.output_dir)
-    resuming = (run_dir / "latest").is_file()
+    resuming = (run_dir / LATEST_FILE).is_file()
     context.log.info(f"{'Resuming' if resuming else 'Starting'} run {run_dir.name} in {run_dir}")
-    params.save(run_dir / "train_params.yaml")
-    result = trainer.run(context, run_dir / "train_params.yaml")
-    write_text_atomically(run_dir.parent / LATEST_RUN, run_dir.name)
+    result = trainer.run(context, params.save(run_dir / PARAMS_FILE))
+    Layout.set_latest_run(run_dir)
     return dg.MaterializeResult(
         metadata={
             **(result.metadata or {}),
@@ -189,7 +189,7 @@ def fsdp_checkpoint(
             "resumed": resuming,
             "processes": trainer.processes() * trainer.nnodes,
         },
-        data_version=dg.DataVersion(content_hash(run_dir.name, (run_dir / "latest").read_text())),
+        data_version=dg.DataVersion(content_hash(run_dir.name, (run_dir / LATEST_FILE).read_text())),
     )
 
 
@@ -262,14 +262,14 @@ def matches_training(export: Export, config: ExportConfig, run_dir: Path) -> dg.
 def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The fine-tuned model as a Hugging Face checkpoint (safetensors, config, tokenizer with chat template),
     checked against what the trained model computed."""
-    fsdp = Path(paths.checkpoint_dir) / "fsdp"
-    if not (fsdp / LATEST_RUN).is_file():
+    run_dir = Layout.latest_run(paths.layout.fsdp_folder)
+    if run_dir is None:
         raise dg.Failure("No fine-tuning run yet: materialize fsdp_checkpoint first.")
-    run = (fsdp / LATEST_RUN).read_text().strip()
-    target = Path(paths.checkpoint_dir) / "hf" / run
-    export = export_hf_checkpoint(fsdp / run, target)
-    write_text_atomically(target.parent / LATEST_RUN, run)
-    check = matches_training(export, config, fsdp / run)
+    run = run_dir.name
+    target = paths.layout.hf_folder / run
+    export = export_hf_checkpoint(run_dir, target)
+    Layout.set_latest_run(target)
+    check = matches_training(export, config, run_dir)
     context.log.info(f"Saved {target}. {check.description}")
     differences = {
         "max_logprob_diff_vs_training": export.max_logprob_diff_vs_training,

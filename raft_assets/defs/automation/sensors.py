@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from raft_assets.automation.jobs import crawl_job, per_source_job
-from raft_assets.ingestion.assets import FILES_FINGERPRINT, documents
+from raft_assets.contracts.sources import LocalSource
+from raft_assets.defs.automation.jobs import crawl_job, per_source_job
+from raft_assets.defs.ingestion.assets import FILES_FINGERPRINT, documents
+from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.resources import ProjectPaths
 from raft_assets.ingestion.local_files import folder_fingerprint
-from raft_assets.ingestion.sources import LocalSource
-from raft_assets.partitions import doc_sources
-from raft_assets.resources.paths import ProjectPaths
 
 
 def partition_changes(existing: list[str], wanted: list[str]) -> tuple[list[str], list[str]]:

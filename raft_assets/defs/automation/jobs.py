@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from raft_assets.generation.assets import cot_answers, questions
-from raft_assets.ingestion.assets import chunks, documents
+from raft_assets.defs.generation.assets import cot_answers, questions
+from raft_assets.defs.ingestion.assets import chunks, documents
 
 per_source_job = dg.define_asset_job(
     "per_source_job",

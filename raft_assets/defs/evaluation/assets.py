@@ -10,22 +10,24 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from raft_assets.dataset.assets import eval_set
-from raft_assets.deployment import gpu_op_tags
-from raft_assets.evaluation.answering import AnswerBackend, AnswerRequest, EndpointBackend, TransformersBackend
+from raft_assets.contracts.layout import Layout
+from raft_assets.defs.dataset.assets import eval_set
+from raft_assets.defs.deployment import gpu_op_tags
+from raft_assets.defs.evaluation.vllm import VLLMResource
+from raft_assets.defs.metadata import file_link
+from raft_assets.defs.resources import LLMResource, ProjectPaths
+from raft_assets.defs.retrieval.assets import retrieval_index
+from raft_assets.defs.training.assets import base_model, hf_checkpoint
 from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answer, parse_judgement, score_question
 from raft_assets.evaluation.report import write_report
-from raft_assets.evaluation.retrieval import Retriever
 from raft_assets.generation.extractive import EXTRACTIVE_MODEL
-from raft_assets.generation.tasks import ask
 from raft_assets.hashing import tree_fingerprint
-from raft_assets.resources.llm import LLMResource
-from raft_assets.resources.paths import ProjectPaths
-from raft_assets.resources.reply_cache import ReplyCache
-from raft_assets.resources.vllm import VLLMResource
-from raft_assets.retrieval.assets import retrieval_index
-from raft_assets.storage import file_link
-from raft_assets.training.assets import LATEST_RUN, base_model, hf_checkpoint
+from raft_assets.inference.answering import AnswerBackend, AnswerRequest, EndpointBackend, TransformersBackend
+from raft_assets.llm.asking import ask
+from raft_assets.llm.client import Endpoint
+from raft_assets.llm.reply_cache import ReplyCache
+from raft_assets.retrieval.retriever import Retriever
+from raft_assets.settings import load_settings
 from raft_assets.training.base_model import read_pointer
 
 
@@ -53,11 +55,9 @@ def variants(config: EvalReportConfig) -> list[int | None]:
 
 
 def model_paths(config: EvalReportConfig, paths: ProjectPaths) -> dict[str, Path]:
-    checkpoints = Path(paths.checkpoint_dir)
-    found = {"base": read_pointer(checkpoints).path}
-    latest = checkpoints / "hf" / LATEST_RUN
-    if latest.is_file():
-        found["finetuned"] = checkpoints / "hf" / latest.read_text().strip()
+    found = {"base": read_pointer(paths.layout).path}
+    if (finetuned := Layout.latest_run(paths.layout.hf_folder)) is not None:
+        found["finetuned"] = finetuned
     missing = [name for name in config.models if name not in found]
     if missing:
         raise dg.Failure(f"No {', '.join(missing)} model to evaluate: materialize hf_checkpoint first.")
@@ -112,7 +112,7 @@ def local_backend(
         yield TransformersBackend(path, config.batch_size, config.max_new_tokens, cache=weights)
         return
     with vllm.serve(path, log=log) as served:
-        endpoint = LLMResource(base_url=served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
+        endpoint = Endpoint.at(served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
         yield EndpointBackend(endpoint, weights, config.max_new_tokens, name=name)
 
 
@@ -139,7 +139,7 @@ async def judge_all(judge: LLMResource, cache: ReplyCache, items: list[tuple[str
     kinds={"python", "markdown"},
     deps=[eval_set, hf_checkpoint, base_model, retrieval_index],
     pool="gpu",
-    op_tags=gpu_op_tags("RAFT_K8S_EVAL_GPUS", 1),
+    op_tags=gpu_op_tags(load_settings().eval_gpus),
 )
 def eval_report(
     context: dg.AssetExecutionContext,
@@ -150,7 +150,7 @@ def eval_report(
     vllm: VLLMResource,
 ) -> dg.MaterializeResult:
     """Every configured system on the eval set, with and without retrieved documents; EM, F1, ROUGE, judge."""
-    items = json.loads((Path(paths.data_dir) / "eval" / "eval_set.json").read_text(encoding="utf-8"))
+    items = json.loads(paths.layout.eval_set_file.read_text(encoding="utf-8"))
     items = items[: config.max_questions] if config.max_questions else items
     if not items:
         raise dg.Failure("The eval set is empty: nothing to evaluate.")
@@ -158,9 +158,9 @@ def eval_report(
     references = [item["answer"] for item in items]
     writers = [item.get("generator") for item in items]  # absent from an eval set written before it was recorded
     stand_in = stand_in_note(writers)
-    retrieved = Retriever.load(Path(paths.data_dir) / "index", paths.data_dir).top_k(questions, max(config.top_k))
+    retrieved = Retriever.load(paths.layout).top_k(questions, max(config.top_k))
     contexts = [[chunk.text for chunk in found] for found in retrieved]
-    cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
+    cache = ReplyCache(paths.layout.reply_cache_file)
 
     answers: dict[str, list[dict]] = {}
     documents_of: dict[str, int | None] = {}  # system -> documents given per question (None: no context)
@@ -189,7 +189,7 @@ def eval_report(
     if config.reference_endpoint:
         if not llm.configured:
             raise dg.Failure("reference_endpoint is set but RAFT_LLM_BASE_URL is not.")
-        answer_variants("reference", EndpointBackend(llm, cache, config.max_new_tokens, name=llm.model))
+        answer_variants("reference", EndpointBackend(llm.endpoint(), cache, config.max_new_tokens, name=llm.model))
 
     notes = [
         *([stand_in] if stand_in else []),
@@ -229,7 +229,7 @@ def eval_report(
         }
 
     headline = "judge_accuracy" if judge.configured else "f1"
-    files = write_report(Path(paths.data_dir) / "reports", summaries, answers, notes, headline)
+    files = write_report(paths.layout.reports_folder, summaries, answers, notes, headline)
     context.log.info(files["markdown"].read_text(encoding="utf-8").split("## Questions")[0])
     return dg.MaterializeResult(
         metadata={

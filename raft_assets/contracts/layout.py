@@ -1,0 +1,127 @@
+"""Where every asset's files live: the one place that the code writing a file and the code reading it both ask.
+
+    <data_dir>/                               RAFT_DATA_DIR, default data/generated
+        documents/<source>.parquet            documents     (one file per source partition)
+        chunks/<source>.parquet               chunks
+        questions/<source>.parquet            questions
+        cot_answers/<source>.parquet          cot_answers
+        index/                                retrieval_index (`.index.pending/` while it is built)
+        raft/raft.jsonl, raft_train.jsonl,    raft_dataset, and splits.parquet: every sample's split
+             raft_test.jsonl, raft_chat.jsonl
+        eval/eval_set.json                    eval_set
+        reports/eval_report.{md,json}, *.png  eval_report
+        llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
+    <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
+        base/base_model.json                  base_model: which model to fine-tune (base/tiny/ when built)
+        fsdp/<run>/, fsdp/latest_run          fsdp_checkpoint: a run's DCP checkpoints; the newest run's name
+        hf/<run>/, hf/latest_run              hf_checkpoint: the run exported; the newest export's name
+
+A source name becomes a file name only if the sources file would accept it (`contracts.sources`): a partition
+key added by hand (`../x`) never reads or writes outside `data_dir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from raft_assets.contracts.sources import SOURCE_NAME_PATTERN, is_valid_source_name
+from raft_assets.files import write_text_atomically
+
+STAGES = ("documents", "chunks", "questions", "cot_answers")  # the per-source tables
+RAFT_FILES = {"all": "raft.jsonl", "train": "raft_train.jsonl", "test": "raft_test.jsonl", "chat": "raft_chat.jsonl"}
+LATEST_RUN = "latest_run"
+
+
+class InvalidSourceName(ValueError):
+    """A partition key that is not a valid source name, so never a file name."""
+
+
+class MissingInput(FileNotFoundError):
+    """An asset's input has not been written: the asset that writes it must be materialized first."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    data_dir: Path
+    checkpoint_dir: Path
+
+    @classmethod
+    def of(cls, data_dir: str | Path, checkpoint_dir: str | Path) -> Layout:
+        return cls(Path(data_dir), Path(checkpoint_dir))
+
+    # -- the data folder ----------------------------------------------------------------------------------
+
+    def stage_file(self, stage: str, source: str) -> Path:
+        """`<data_dir>/<stage>/<source>.parquet`: one source partition of a per-source table."""
+        if not is_valid_source_name(source):
+            raise InvalidSourceName(
+                f"Source name {source!r} is not a valid source name (pattern {SOURCE_NAME_PATTERN}): "
+                "it is never used as a file name. Remove that partition of doc_sources."
+            )
+        return self.data_dir / stage / f"{source}.parquet"
+
+    def stage_sources(self, stage: str) -> list[str]:
+        """The sources that have a file of `stage`, whatever the partitions say (for readers outside a run)."""
+        return sorted(path.stem for path in (self.data_dir / stage).glob("*.parquet"))
+
+    @property
+    def index_folder(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def pending_index_folder(self) -> Path:
+        """Embeddings an interrupted `retrieval_index` saved, reused by the next one."""
+        return self.data_dir / ".index.pending"
+
+    @property
+    def raft_folder(self) -> Path:
+        return self.data_dir / "raft"
+
+    def raft_file(self, part: str) -> Path:
+        """`all`, `train`, `test` or `chat` (`RAFT_FILES`)."""
+        return self.raft_folder / RAFT_FILES[part]
+
+    @property
+    def splits_file(self) -> Path:
+        return self.raft_folder / "splits.parquet"
+
+    @property
+    def eval_set_file(self) -> Path:
+        return self.data_dir / "eval" / "eval_set.json"
+
+    @property
+    def reports_folder(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def reply_cache_file(self) -> Path:
+        return self.data_dir / "llm_cache" / "replies.sqlite"
+
+    # -- the checkpoint folder ----------------------------------------------------------------------------
+
+    @property
+    def base_folder(self) -> Path:
+        return self.checkpoint_dir / "base"
+
+    @property
+    def base_pointer_file(self) -> Path:
+        return self.base_folder / "base_model.json"
+
+    @property
+    def fsdp_folder(self) -> Path:
+        return self.checkpoint_dir / "fsdp"
+
+    @property
+    def hf_folder(self) -> Path:
+        return self.checkpoint_dir / "hf"
+
+    @staticmethod
+    def latest_run(folder: Path) -> Path | None:
+        """The newest run's folder in `fsdp_folder` or `hf_folder`, or None before the first."""
+        pointer = folder / LATEST_RUN
+        return folder / pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+    @staticmethod
+    def set_latest_run(run_folder: Path) -> None:
+        write_text_atomically(run_folder.parent / LATEST_RUN, run_folder.name)

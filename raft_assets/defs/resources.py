@@ -1,0 +1,112 @@
+"""The resources every stage shares: where the project's files are (`paths`) and the model endpoints (`llm`, `judge`).
+
+Their defaults come from the `RAFT_*` variables (`raft_assets.settings`); an API key is passed as `dg.EnvVar`, so
+the UI and the run config show the variable's name, never the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.sources import SourceSpec, load_sources
+from raft_assets.llm.client import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT_S,
+    ChatClient,
+    Endpoint,
+)
+from raft_assets.llm.reply_cache import ReplyCache
+from raft_assets.settings import EndpointVariables, Settings
+
+
+class ProjectPaths(dg.ConfigurableResource):
+    """The sources file and the output folders. Relative paths are relative to the working directory."""
+
+    sources_file: str = "data/sources.yaml"
+    data_dir: str = "data/generated"
+    checkpoint_dir: str = "checkpoints"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProjectPaths:
+        return cls(
+            sources_file=settings.sources_file, data_dir=settings.data_dir, checkpoint_dir=settings.checkpoint_dir
+        )
+
+    @property
+    def layout(self) -> Layout:
+        """Where every asset's files are (`contracts/layout.py`)."""
+        return Layout.of(self.data_dir, self.checkpoint_dir)
+
+    def sources(self) -> list[SourceSpec]:
+        return load_sources(Path(self.sources_file))
+
+    def source(self, name: str) -> SourceSpec:
+        by_name = {spec.name: spec for spec in self.sources()}
+        if name not in by_name:
+            raise dg.Failure(
+                f"Source {name!r} is not in {self.sources_file} (sources there: {', '.join(by_name) or 'none'})."
+            )
+        return by_name[name]
+
+    def stage_file(self, stage: str, source: str) -> Path:
+        """`<data_dir>/<stage>/<source>.parquet`; a partition key that is not a valid source name is refused."""
+        return self.layout.stage_file(stage, source)
+
+
+class LLMResource(dg.ConfigurableResource):
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, a cloud API), or several replicas of one."""
+
+    base_url: str | None = Field(
+        default=None, description="Endpoint URL(s), comma-separated replicas; unset: no endpoint (see each use)."
+    )
+    api_key: str = Field(default="EMPTY", repr=False, description="Set it with an environment variable (dg.EnvVar).")
+    model: str = DEFAULT_MODEL
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, gt=0, description="Requests in flight at once, over all replicas."
+    )
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Counts prompt + max_tokens per request.")
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="Per HTTP attempt.")
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    token_budget: int | None = Field(
+        default=None, gt=0, description="Most tokens one materialization may spend; requests past it are not sent."
+    )
+
+    @classmethod
+    def from_variables(cls, variables: EndpointVariables) -> LLMResource:
+        settings: dict = {"base_url": variables.base_url}
+        if variables.api_key_variable:
+            settings["api_key"] = dg.EnvVar(variables.api_key_variable)
+        if variables.model:
+            settings["model"] = variables.model
+        if variables.max_concurrency:
+            settings["max_concurrency"] = variables.max_concurrency
+        return cls(**settings)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url)
+
+    def endpoint(self) -> Endpoint:
+        if not self.configured:
+            raise dg.Failure("No endpoint is configured for this model (set its *_BASE_URL variable).")
+        return Endpoint.at(
+            self.base_url or "",
+            model=self.model,
+            api_key=self.api_key,
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            token_budget=self.token_budget,
+        )
+
+    def client(self, cache: ReplyCache) -> ChatClient:
+        return ChatClient(self.endpoint(), cache)

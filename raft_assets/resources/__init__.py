@@ -1,1 +1,0 @@
-"""Resources: where files live, and the model services (the generator and the judge)."""
