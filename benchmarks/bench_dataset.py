@@ -241,12 +241,14 @@ def write_index(data_dir: Path, chunk_frames: list[Any], seed: int) -> None:
 
 def write_base_model(checkpoint_dir: Path, texts: list[str], seed: int) -> float:
     """The tiny model (tokenizer trained on a sample of the chunks) and its pointer; returns the seconds it took."""
+    from raft_assets.contracts.layout import Layout
     from raft_assets.training.base_model import TINY, build_tiny_model, write_pointer
 
+    layout = Layout.of(checkpoint_dir.parent / "generated", checkpoint_dir)
     started = time.perf_counter()
     sample = random.Random(f"tokenizer:{seed}").sample(texts, min(TOKENIZER_SAMPLE, len(texts)))
-    model = build_tiny_model(checkpoint_dir / "base" / TINY, sorted(sample))
-    write_pointer(model, checkpoint_dir)
+    model = build_tiny_model(layout.base_folder / TINY, sorted(sample))
+    write_pointer(model, layout)
     return time.perf_counter() - started
 
 
@@ -407,6 +409,7 @@ def phases_child(work: Path) -> dict[str, Any]:
     """The asset's steps called one by one, as `raft_dataset` calls them, into a folder of their own."""
     from raft_assets.contracts.layout import Layout
     from raft_assets.dataset.builder import (
+        DatasetOptions,
         PartTokens,
         assign_splits,
         plan_records,
@@ -414,31 +417,29 @@ def phases_child(work: Path) -> dict[str, Any]:
         write_dataset,
     )
     from raft_assets.dataset.lengths import TokenLengths
-    from raft_assets.defs.dataset.assets import RaftDatasetConfig, load_samples
+    from raft_assets.dataset.samples import load_samples
     from raft_assets.retrieval.index import ChunkIndex
     from raft_assets.training.base_model import load_tokenizer, read_pointer
 
-    config = RaftDatasetConfig(**RUN_CONFIG["ops"]["raft_dataset"]["config"])
-    options = config.options()
+    config = options = DatasetOptions(**RUN_CONFIG["ops"]["raft_dataset"]["config"])
     paths = project_paths(work)
     sources = json.loads((work / SETUP_FILE).read_text(encoding="utf-8"))["sources"]
     phases: list[Phase] = []
-    samples, passages = timed(phases, "load_samples", lambda: load_samples(paths, sources, config.require_quotes_ok))
+    samples, passages = timed(
+        phases, "load_samples", lambda: load_samples(paths.layout, sources, config.require_quotes_ok)
+    )
     splits = timed(
         phases,
         "assign_splits",
         lambda: assign_splits(
             sorted({s.doc_id for s in samples}),
-            config.test_fraction,
-            config.eval_fraction,
-            config.min_split_documents,
-            config.seed,
+            options,
             training_documents_needed(options, passages, {s.doc_id for s in samples}),
         ),
     )
 
     def tokenizer() -> TokenLengths:
-        model = read_pointer(Path(paths.checkpoint_dir))
+        model = read_pointer(paths.layout)
         return TokenLengths(load_tokenizer(model), config.context_length or model.context_length)
 
     lengths = timed(phases, "load tokenizer (TokenLengths)", tokenizer)

@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
+from raft_assets.contracts.layout import Layout  # noqa: E402
 from raft_assets.training.base_model import load_tokenizer, read_pointer  # noqa: E402
-from raft_assets.training.checkpoint import TrainParams  # noqa: E402
 from raft_assets.training.data import tokenize_file  # noqa: E402
+from raft_assets.training.params import TrainParams  # noqa: E402
 
 HEADING = "## Fine-tuning on the CPU: tokens/s and packing efficiency"
 # Context fill must reach this share of the best possible fill (`best_fill`): best-fit decreasing, which `pack` is,
@@ -54,7 +55,7 @@ def build_dataset(work: Path) -> dict[str, str]:
 
 def train(work: Path, context: int, steps: int) -> dict:
     params = TrainParams(
-        base_model=str(read_pointer(work / "checkpoints").path),
+        base_model=str(read_pointer(Layout.of(work / "generated", work / "checkpoints")).path),
         train_file=str(work / "generated" / "raft" / "raft_train.jsonl"),
         output_dir=str(work / f"run_{context}"),
         context_length=context,
@@ -83,7 +84,7 @@ def best_fill(lengths: list[int], context: int) -> float:
 
 def sample_lengths(work: Path) -> list[int]:
     """The token length of every training sample, as the training script tokenizes them."""
-    tokenizer = load_tokenizer(read_pointer(work / "checkpoints"))
+    tokenizer = load_tokenizer(read_pointer(Layout.of(work / "generated", work / "checkpoints")))
     return [len(ids) for ids, _ in tokenize_file(tokenizer, work / "generated" / "raft" / "raft_train.jsonl")]
 
 
@@ -96,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         build_dataset(work)
-        model = read_pointer(work / "checkpoints")
+        model = read_pointer(Layout.of(work / "generated", work / "checkpoints"))
         lengths = sample_lengths(work)
         rows = [(context, train(work, context, args.steps)) for context in map(int, args.contexts.split(","))]
     best = {context: best_fill(lengths, context) for context, _ in rows}

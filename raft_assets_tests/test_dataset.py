@@ -61,9 +61,7 @@ def build(folder: Path, options: DatasetOptions, samples=None, passages=None) ->
 
 def splits_of(samples: list[Sample], options: DatasetOptions) -> dict[str, str]:
     doc_ids = sorted({s.doc_id for s in samples})
-    return assign_splits(
-        doc_ids, options.test_fraction, options.eval_fraction, options.min_split_documents, options.seed
-    )
+    return assign_splits(doc_ids, options)
 
 
 OPTIONS = DatasetOptions(refusal_answer=REFUSAL_ANSWER, distractors="random")

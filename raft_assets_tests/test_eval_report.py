@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from raft_assets.defs.evaluation.assets import eval_report, stand_in_note
+from raft_assets.defs.evaluation.assets import eval_report
 from raft_assets.defs.evaluation.vllm import VLLMResource
 from raft_assets.defs.resources import LLMResource
+from raft_assets.evaluation.run import stand_in_note
 from raft_assets.training.base_model import read_pointer
 from raft_assets_tests.conftest import run_assets
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message

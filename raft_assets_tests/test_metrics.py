@@ -9,7 +9,6 @@ from raft_assets.evaluation.metrics import (
     exact_match,
     extract_answer,
     is_refusal,
-    judge_messages,
     normalize_answer,
     parse_judgement,
     rouge,
@@ -134,8 +133,10 @@ def test_parse_judgement(reply, expected):
     assert parse_judgement(reply) is expected
 
 
-def test_judge_messages_carry_the_criteria_and_the_answers():
-    system, user = judge_messages("How many tokens?", "15T {tokens}", "15 trillion")
+def test_the_judge_prompt_from_prompts_yaml_carries_the_criteria_and_the_answers():
+    system, user = JUDGE_PROMPT.messages(
+        question="How many tokens?", reference_answer="15T {tokens}", student_answer="15 trillion"
+    )
     assert system["role"] == "system" and user["role"] == "user"
     assert "YES or NO" in system["content"] and "numerical values" in system["content"]
     assert (

@@ -229,7 +229,12 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     assert (second["chunks"], second["newly_embedded"], second["reused"], second["dropped"]) == (6, 1, 5, 1)
     assert second["data_version"] != first["data_version"]
     reloaded = ChunkIndex.load(project.layout.index_folder)
-    np.testing.assert_array_equal(reloaded.vectors(index.chunk_ids[:4]), index.vectors(index.chunk_ids[:4]))
+    kept = [chunk_id for chunk_id in index.chunk_ids if chunk_id in reloaded.chunk_ids]
+    assert len(kept) == 5  # the reused embeddings are the same vectors
+    np.testing.assert_array_equal(
+        reloaded.embeddings[[reloaded.chunk_ids.index(c) for c in kept]],
+        index.embeddings[[index.chunk_ids.index(c) for c in kept]],
+    )
 
     # Nothing changes: nothing is embedded and the model is not even needed.
     third = materialize(project, instance)

@@ -23,7 +23,6 @@ from raft_assets.contracts.layout import InvalidSourceName, Layout
 from raft_assets.contracts.prompts import load_prompts
 from raft_assets.contracts.sources import SitemapSource, SourcesError, load_sources
 from raft_assets.contracts.tables import DOCUMENT_SCHEMA
-from raft_assets.defs.evaluation.assets import judge_all
 from raft_assets.defs.evaluation.vllm import VLLMResource, list_models
 from raft_assets.defs.generation.assets import questions
 from raft_assets.defs.ingestion.assets import chunks, documents
@@ -31,11 +30,12 @@ from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.evaluation.metrics import JUDGE_PROMPT
+from raft_assets.evaluation.run import judge_all
 from raft_assets.ingestion.sitemap import load_sitemap
 from raft_assets.llm.reply_cache import ReplyCache
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import BaseModelUnavailable, resolve_base_model
-from raft_assets.training.checkpoint import TrainParams
+from raft_assets.training.params import TrainParams
 from raft_assets_tests.conftest import REPO, write_sources
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.raft_model import raft_responder
@@ -514,9 +514,9 @@ def keys(monkeypatch) -> dict[str, str]:
 @dg.asset(partitions_def=doc_sources, deps=[questions])
 def judged(judge: LLMResource, paths: ProjectPaths) -> dg.MaterializeResult:
     """The judge asked once, as eval_report asks it (judge_all, the reply cache), with the run's resolved resource."""
-    cache = ReplyCache(Path(paths.data_dir) / "llm_cache" / "replies.sqlite")
+    cache = ReplyCache(paths.layout.reply_cache_file)
     try:
-        verdicts = asyncio.run(judge_all(judge, cache, [("What is FSDP?", "Sharding.", "Sharding.")], 1))
+        verdicts = asyncio.run(judge_all(judge.endpoint(), cache, [("What is FSDP?", "Sharding.", "Sharding.")], 1))
     finally:
         cache.close()
     return dg.MaterializeResult(metadata={"verdicts": str(verdicts), "judge": judge.model})

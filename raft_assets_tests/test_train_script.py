@@ -29,17 +29,16 @@ from raft_assets.training.checkpoint import (
     PROBE_TEXT,
     STATE_FILE,
     Probe,
-    TrainParams,
     latest_checkpoint,
     load_into_model,
     load_params,
-    lora_config,
     read_metrics,
     read_trainer_state,
     saved_model_keys,
     token_logprobs,
 )
 from raft_assets.training.export import trained_model
+from raft_assets.training.params import TrainParams, lora_config
 from raft_assets_tests.test_training_data import DATA, records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from raft_assets.training.data import (
     model_inputs,
     pack,
     record_messages,
-    tokenize_sample,
+    tokenize_chats,
 )
 from raft_assets.training.train import loss_sum
 
@@ -34,6 +34,11 @@ CHATML_LAST_MARKED = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}{% if loop.last %} (last){% endif %}\n"
     "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def tokenized(tokenizer, record: dict) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one RAFT record, as the training script tokenizes its file."""
+    return tokenize_chats(tokenizer, [record_messages(record)])[0]
 
 
 def paragraphs() -> list[str]:
@@ -94,7 +99,7 @@ def assert_one_labelled_span(labels: list[int]) -> None:
 
 def test_llama3_template_labels_exactly_the_answer_and_its_end_of_turn(tokenizer):
     record = records(1)[0]
-    ids, labels = tokenize_sample(tokenizer, record)
+    ids, labels = tokenized(tokenizer, record)
     expected = tokenizer.apply_chat_template(record_messages(record), tokenize=True, return_dict=False)
     assert ids == expected  # the tokenizer's own chat template, token for token
     assert labelled(tokenizer, ids, labels) == record["cot_answer"] + EOT
@@ -106,7 +111,7 @@ def test_llama3_template_labels_exactly_the_answer_and_its_end_of_turn(tokenizer
 def test_another_chat_template_labels_exactly_the_answer(tokenizer, template):
     chatml = chatml_tokenizer(tokenizer, template)
     record = records(1, seed=1)[0]
-    ids, labels = tokenize_sample(chatml, record)
+    ids, labels = tokenized(chatml, record)
     assert ids == chatml.apply_chat_template(record_messages(record), tokenize=True, return_dict=False)
     assert chatml.decode(ids[-2:]) == "<|im_end|>\n"
     # the answer and the end-of-turn token that closes it; not the newline the template adds after it
@@ -120,7 +125,7 @@ def test_another_chat_template_labels_exactly_the_answer(tokenizer, template):
 
 
 def test_packing_keeps_samples_whole_and_separate(tokenizer):
-    samples = [tokenize_sample(tokenizer, record) for record in records(40, seed=2)]
+    samples = [tokenized(tokenizer, record) for record in records(40, seed=2)]
     lengths = [len(ids) for ids, _ in samples]
     context = 4096  # the tiny model's context; samples of a few hundred tokens, like RAFT's with short chunks
     samples.append(([1] * (context + 1), [1] * (context + 1)))  # too long: dropped, not truncated
@@ -145,7 +150,7 @@ def test_packed_logits_and_loss_equal_each_sample_alone_with_masks_and_with_flas
     tiny_path, tokenizer
 ):
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="sdpa").eval()
-    samples = [tokenize_sample(tokenizer, record) for record in records(3, seed=3, documents=1, chars=200)]
+    samples = [tokenized(tokenizer, record) for record in records(3, seed=3, documents=1, chars=200)]
     block = Block()
     for ids, labels in samples:
         block.add(ids, labels)

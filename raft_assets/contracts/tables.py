@@ -49,6 +49,7 @@ CHUNK_COLUMNS = {
     "doc_ids": "Every document of the source that holds this exact text.",
 }
 
+EXTRACTIVE_MODEL = "extractive"  # the `model` of questions and answers written without a model (the stand-in)
 QUESTION_SCHEMA = {
     "question_id": pl.String,
     "chunk_id": pl.String,

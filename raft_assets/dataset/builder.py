@@ -11,17 +11,19 @@ import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from raft_assets.contracts.layout import RAFT_FILES, Layout
-from raft_assets.contracts.raft_format import Passage, Sample, chat_record, raft_record
+from raft_assets.contracts.raft_format import REFUSAL_ANSWER, Passage, Sample, chat_record, raft_record
+from raft_assets.contracts.tables import write_parquet
 from raft_assets.dataset.distractors import DistractorPicker, NotEnoughDocuments
 from raft_assets.dataset.lengths import TokenLengths
+from raft_assets.fields import setting, validate_all
 from raft_assets.files import written_atomically
 
 SPLITS = ("train", "test", "eval")
@@ -30,16 +32,57 @@ FEW_DOCUMENTS = 3  # a test split or eval set of fewer documents measures those 
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    num_distractors: int = 4
-    p: float = 0.8
-    refusal_p: float = 0.05
-    refusal_answer: str = ""
-    distractors: str = "mixed"
-    seed: int = 42
-    test_fraction: float = 0.1
-    eval_fraction: float = 0.1
-    min_split_documents: int = FEW_DOCUMENTS
-    overlength: str = "drop"
+    """How to build the RAFT dataset: what the launchpad offers for `raft_dataset`."""
+
+    num_distractors: int = setting(4, "Distractor documents per record (4, as the reference).", ge=1)
+    p: float = setting(
+        0.8,
+        "Probability that the oracle is among the documents (the RAFT paper's P; the reference always includes "
+        "it). A record without its oracle keeps the full answer: the model learns to answer from memory, as in the "
+        "paper, where a refusal record (refusal_p) teaches it to refuse in the same situation.",
+        ge=0,
+        le=1,
+    )
+    refusal_p: float = setting(
+        0.05,
+        "Probability of an extra refusal record: the oracle replaced by a distractor, the answer `refusal_answer` "
+        "(as the reference). It pulls the other way from p < 1's records without their oracle.",
+        ge=0,
+        le=1,
+    )
+    refusal_answer: str = setting(REFUSAL_ANSWER, "The answer of a refusal record (the reference's).")
+    distractors: str = setting(
+        "mixed",
+        "random (the reference), hard (nearest chunks by embedding) or mixed (half of each).",
+        choices=("random", "hard", "mixed"),
+    )
+    seed: int = setting(42, "Drives every random choice (the reference's `random` is never seeded).")
+    test_fraction: float = setting(
+        0.1,
+        "Share of documents whose questions test. The reference splits rows 90/10 at random when training loads "
+        "them, so test questions share documents and chunks with training ones.",
+        ge=0,
+        lt=1,
+    )
+    eval_fraction: float = setting(0.1, "Share of documents reserved for the eval set.", ge=0, lt=1)
+    min_split_documents: int = setting(
+        FEW_DOCUMENTS,
+        "Fewest documents for test and for eval (when their fraction is not 0) while training keeps the documents "
+        "its records need; a split with fewer is warned about.",
+        ge=1,
+    )
+    require_quotes_ok: bool = setting(
+        True, "Use only answers whose quotes were found in the chunk (the reference keeps all)."
+    )
+    context_length: int | None = setting(None, "Default: the base model's context length.", gt=0)
+    overlength: str = setting(
+        "drop",
+        "A sample longer than the context is dropped, or its documents are shortened evenly (truncate).",
+        choices=("drop", "truncate"),
+    )
+
+    def __post_init__(self) -> None:
+        validate_all(self)
 
 
 @dataclass(frozen=True)
@@ -75,18 +118,13 @@ class DatasetStats:
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))  # of raft.jsonl, as written
 
 
-def assign_splits(
-    doc_ids: list[str],
-    test_fraction: float,
-    eval_fraction: float,
-    min_documents: int,
-    seed: int,
-    min_train: int = 1,
-) -> dict[str, str]:
+def assign_splits(doc_ids: list[str], options: DatasetOptions, min_train: int = 1) -> dict[str, str]:
     """Each document to one split: a seeded shuffle, eval documents first, then test, the rest train."""
     ordered = sorted(doc_ids)
-    random.Random(seed).shuffle(ordered)
-    n_eval, n_test = split_sizes(len(ordered), test_fraction, eval_fraction, min_documents, min_train)
+    random.Random(options.seed).shuffle(ordered)
+    n_eval, n_test = split_sizes(
+        len(ordered), options.test_fraction, options.eval_fraction, options.min_split_documents, min_train
+    )
     return {doc: "eval" if i < n_eval else "test" if i < n_eval + n_test else "train" for i, doc in enumerate(ordered)}
 
 
@@ -130,47 +168,105 @@ def plan_records(
     """Every record as indices: for each sample, the oracle with probability p among distractors, and
     with probability refusal_p an extra refusal record without the oracle; then all shuffled."""
     check_corpus_size(passages, options.num_distractors)
-    rng = random.Random(options.seed)
-    picker = DistractorPicker(passages, rng, neighbours)
+    planner = Planner(passages, splits, options, neighbours)
     position = {passage.chunk_id: i for i, passage in enumerate(passages)}
-    # Training records draw distractors from training documents (and from documents without questions, which no
-    # split holds) only: no test or eval text is trained on.
-    train_pool = [i for i, passage in enumerate(passages) if splits.get(passage.doc_id, "train") == "train"]
-    everything = list(range(len(passages)))
-    pools = {"train": (train_pool, set(train_pool)), "test": (everything, set(everything))}
     plans = []
     for index, sample in enumerate(samples):
         split = splits[sample.doc_id]
         if split == "eval":
             continue
-        pool, pool_set = pools[split]
         oracle = position[sample.chunk_id]
-        with_oracle = rng.random() < options.p
-        plans.append(_plan(index, sample, oracle, with_oracle, False, split, picker, pool, pool_set, options, rng))
-        if rng.random() < options.refusal_p:
-            plans.append(_plan(index, sample, oracle, False, True, split, picker, pool, pool_set, options, rng))
-    rng.shuffle(plans)
+        with_oracle = planner.rng.random() < options.p
+        plans.append(planner.plan(index, sample, oracle, split, with_oracle=with_oracle, refusal=False))
+        if planner.rng.random() < options.refusal_p:
+            plans.append(planner.plan(index, sample, oracle, split, with_oracle=False, refusal=True))
+    planner.rng.shuffle(plans)
     return plans
 
 
-def _plan(
-    index: int,
-    sample: Sample,
-    oracle: int,
-    with_oracle: bool,
-    refusal: bool,
-    split: str,
-    picker: DistractorPicker,
-    pool: list[int],
-    pool_set: set[int],
+class Planner:
+    """Draws every record's documents from one seeded `random.Random`, in a fixed order.
+
+    Training records draw distractors from training documents (and from documents without questions, which no
+    split holds) only: no test or eval text is trained on. Test records may draw from every document.
+    """
+
+    def __init__(
+        self,
+        passages: list[Passage],
+        splits: dict[str, str],
+        options: DatasetOptions,
+        neighbours: dict[str, list[str]] | None,
+    ) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)
+        self.picker = DistractorPicker(passages, self.rng, neighbours)
+        train = [i for i, passage in enumerate(passages) if splits.get(passage.doc_id, "train") == "train"]
+        everything = list(range(len(passages)))
+        self.pools = {"train": (train, set(train)), "test": (everything, set(everything))}
+
+    def plan(
+        self, index: int, sample: Sample, oracle: int, split: str, *, with_oracle: bool, refusal: bool
+    ) -> RecordPlan:
+        count = self.options.num_distractors + (0 if with_oracle else 1)
+        pool, pool_set = self.pools[split]
+        oracle_passage = self.picker.passages[oracle]
+        distractors, hard = self.picker.pick(
+            oracle_passage, count, pool, pool_set, self.options.distractors, sample.answer
+        )
+        chosen = distractors + ([oracle] if with_oracle else [])
+        self.rng.shuffle(chosen)
+        return RecordPlan(index, tuple(chosen), oracle, split, refusal, hard)
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    splits: dict[str, str]  # document -> split
+    stats: DatasetStats
+
+    @property
+    def documents_per_split(self) -> Counter[str]:
+        return Counter(self.splits.values())
+
+    def small_splits(self, options: DatasetOptions) -> list[str]:
+        """The test or eval split (when wanted) that has fewer than `min_split_documents`, described."""
+        count = self.documents_per_split
+        return [
+            f"{split} has {count[split]} document(s)"
+            for split, fraction in (("test", options.test_fraction), ("eval", options.eval_fraction))
+            if fraction > 0 and count[split] < options.min_split_documents
+        ]
+
+
+def build_dataset(
+    layout: Layout,
+    samples: list[Sample],
+    passages: list[Passage],
     options: DatasetOptions,
-    rng: random.Random,
-) -> RecordPlan:
-    count = options.num_distractors + (0 if with_oracle else 1)
-    distractors, hard = picker.pick(picker.passages[oracle], count, pool, pool_set, options.distractors, sample.answer)
-    chosen = distractors + ([oracle] if with_oracle else [])
-    rng.shuffle(chosen)
-    return RecordPlan(index, tuple(chosen), oracle, split, refusal, hard)
+    lengths: TokenLengths | None,
+    neighbours: dict[str, list[str]] | None,
+) -> BuiltDataset:
+    """Split the documents, plan and write the records, and write every sample's split (`layout.splits_file`)."""
+    documents = {sample.doc_id for sample in samples}
+    splits = assign_splits(sorted(documents), options, training_documents_needed(options, passages, documents))
+    plans = plan_records(samples, passages, splits, options, neighbours)
+    stats = write_dataset(layout, plans, samples, passages, options, lengths)
+    write_parquet(split_manifest(samples, splits), layout.splits_file)
+    return BuiltDataset(splits, stats)
+
+
+def split_manifest(samples: list[Sample], splits: dict[str, str]) -> pl.DataFrame:
+    """Every sample's split: what `eval_set` draws its questions from."""
+    return pl.DataFrame(
+        {
+            "question_id": [s.question_id for s in samples],
+            "question": [s.question for s in samples],
+            "chunk_id": [s.chunk_id for s in samples],
+            "doc_id": [s.doc_id for s in samples],
+            "source": [s.source for s in samples],
+            "split": [splits[s.doc_id] for s in samples],
+        }
+    )
 
 
 def check_corpus_size(passages: list[Passage], num_distractors: int) -> None:
@@ -212,78 +308,93 @@ def write_dataset(
     lengths: TokenLengths | None,
 ) -> DatasetStats:
     """Write the four files (each atomically, renamed into place at the end) and return the stats."""
-    stats = DatasetStats()
-    tokens = PartTokens.count(lengths, samples, passages, options.refusal_answer) if lengths else None
+    maker = RecordMaker(samples, passages, options, lengths)
     with ExitStack() as stack:
         partials = {part: stack.enter_context(written_atomically(layout.raft_file(part))) for part in RAFT_FILES}
         handles = {part: stack.enter_context(path.open("w", encoding="utf-8")) for part, path in partials.items()}
-        for record in _records(plans, samples, passages, options, lengths, tokens, stats):
+        for plan in plans:
+            record = maker.record(plan)
+            if record is None:
+                continue
             line = json.dumps(record, ensure_ascii=False) + "\n"
-            stats.digest.update(line.encode())
+            maker.stats.digest.update(line.encode())
             handles["all"].write(line)
             handles[record["split"]].write(line)
             handles["chat"].write(json.dumps(chat_record(record), ensure_ascii=False) + "\n")
-    return stats
+    return maker.stats
 
 
-def _records(
-    plans: list[RecordPlan],
-    samples: list[Sample],
-    passages: list[Passage],
-    options: DatasetOptions,
-    lengths: TokenLengths | None,
-    tokens: PartTokens | None,
-    stats: DatasetStats,
-) -> Iterator[dict[str, Any]]:
-    for plan in plans:
-        sample = samples[plan.sample]
-        chosen = [passages[i] for i in plan.passages]
-        oracle = passages[plan.oracle]
-        if lengths is not None and tokens is not None:
-            answer, answer_tokens = (
-                (options.refusal_answer, tokens.refusal)
-                if plan.refusal
-                else (sample.cot_answer, tokens.answers[plan.sample])
-            )
-            fitted = lengths.fit(
-                sample.question,
-                tokens.questions[plan.sample],
-                [p.text for p in chosen],
-                [tokens.passages[i] for i in plan.passages],
-                answer,
-                answer_tokens,
-                options.overlength,
-            )
+class RecordMaker:
+    """Turns plans into records: fitted to the context length when `lengths` is given, and counted in `stats`."""
+
+    def __init__(
+        self, samples: list[Sample], passages: list[Passage], options: DatasetOptions, lengths: TokenLengths | None
+    ) -> None:
+        self.samples, self.passages, self.options, self.lengths = samples, passages, options, lengths
+        self.tokens = PartTokens.count(lengths, samples, passages, options.refusal_answer) if lengths else None
+        self.stats = DatasetStats()
+
+    def record(self, plan: RecordPlan) -> dict[str, Any] | None:
+        """The record of `plan`, or None when it is too long and `overlength` is drop."""
+        sample = self.samples[plan.sample]
+        chosen = [self.passages[i] for i in plan.passages]
+        oracle = self.passages[plan.oracle]
+        if self.lengths is not None:
+            fitted = self._fit(plan, sample, chosen)
             if fitted is None:
-                stats.dropped_overlength += 1
-                continue
-            texts, length = fitted
-            if texts != [p.text for p in chosen]:
-                stats.truncated += 1
-                chosen = [Passage(p.chunk_id, p.doc_id, p.title, text) for p, text in zip(chosen, texts, strict=True)]
+                self.stats.dropped_overlength += 1
+                return None
+            if fitted != chosen:
+                self.stats.truncated += 1
+                chosen = fitted
                 oracle = next((p for p in chosen if p.chunk_id == oracle.chunk_id), oracle)
-            stats.token_lengths.append(length)
         record = raft_record(
             sample,
             chosen,
             oracle,
             split=plan.split,
-            refusal_answer=options.refusal_answer if plan.refusal else None,
+            refusal_answer=self.options.refusal_answer if plan.refusal else None,
             distractor_kind=plan.distractors,
         )
-        _tally(record, plan, stats)
-        yield record
+        self._tally(record, plan)
+        return record
 
+    def _fit(self, plan: RecordPlan, sample: Sample, chosen: list[Passage]) -> list[Passage] | None:
+        """The documents, shortened if needed (`TokenLengths.fit`), or None when the sample is dropped."""
+        assert self.lengths is not None and self.tokens is not None
+        tokens = self.tokens
+        answer, answer_tokens = (
+            (self.options.refusal_answer, tokens.refusal)
+            if plan.refusal
+            else (sample.cot_answer, tokens.answers[plan.sample])
+        )
+        fitted = self.lengths.fit(
+            sample.question,
+            tokens.questions[plan.sample],
+            [p.text for p in chosen],
+            [tokens.passages[i] for i in plan.passages],
+            answer,
+            answer_tokens,
+            self.options.overlength,
+        )
+        if fitted is None:
+            return None
+        texts, length = fitted
+        self.stats.token_lengths.append(length)
+        if texts == [p.text for p in chosen]:
+            return chosen
+        return [Passage(p.chunk_id, p.doc_id, p.title, text) for p, text in zip(chosen, texts, strict=True)]
 
-def _tally(record: dict[str, Any], plan: RecordPlan, stats: DatasetStats) -> None:
-    stats.records[record["split"]] += 1
-    stats.by_source[f"{record['source']}/{record['split']}"] += 1
-    stats.oracle_included += record["oracle_included"]
-    stats.refusals += record["refusal"]
-    stats.distractors += len(plan.passages) - record["oracle_included"]
-    stats.hard_distractors += plan.hard
-    if len(stats.preview) < 2:
-        stats.preview.append(record)
+    def _tally(self, record: dict[str, Any], plan: RecordPlan) -> None:
+        stats = self.stats
+        stats.records[record["split"]] += 1
+        stats.by_source[f"{record['source']}/{record['split']}"] += 1
+        stats.oracle_included += record["oracle_included"]
+        stats.refusals += record["refusal"]
+        stats.distractors += len(plan.passages) - record["oracle_included"]
+        stats.hard_distractors += plan.hard
+        if len(stats.preview) < 2:
+            stats.preview.append(record)
 
 
 def percentiles(values: list[int]) -> dict[str, int]:

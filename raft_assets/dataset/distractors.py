@@ -8,8 +8,6 @@ from collections.abc import Sequence
 
 from raft_assets.contracts.raft_format import Passage, normalized
 
-STRATEGIES = ("random", "hard", "mixed")
-
 
 class NotEnoughDocuments(ValueError):
     """Fewer other documents than a record needs distractors."""

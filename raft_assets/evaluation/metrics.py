@@ -16,7 +16,7 @@ from typing import Any
 
 from rouge_score.rouge_scorer import RougeScorer
 
-from raft_assets.contracts.prompts import Prompt
+from raft_assets.contracts.prompts import load_prompts
 from raft_assets.contracts.raft_format import ANSWER_TAG_PATTERN, REFUSAL_ANSWER, final_answer, normalized, quoted_spans
 
 ROUGE_TYPES = {"rouge1": "rouge1", "rouge2": "rouge2", "rouge_l": "rougeL"}  # our key: rouge_score's name
@@ -33,22 +33,7 @@ REFUSAL_PHRASES = (
     "no relevant documents",
 )
 
-JUDGE_PROMPT = Prompt(
-    name="judge",
-    version=1,
-    system=(
-        "You are given a question, a teacher's answer and a student's answer. Decide whether the student's "
-        "answer is correct, using the teacher's answer as the truth.\n"
-        "The student's answer is correct when:\n"
-        "1. it has the same key facts, keywords and numerical values as the teacher's answer;\n"
-        "2. it contains no statement that conflicts with the teacher's answer.\n"
-        "It is fine if the student's answer contains more information than the teacher's answer, as long as "
-        "that information does not conflict with it.\n"
-        "Reply YES if the student's answer is correct and NO if it is not. Reply with exactly one word: YES or NO."
-    ),
-    user="Question: {question}\nTeacher's answer: {reference_answer}\nStudent's answer: {student_answer}",
-    params={"temperature": 0.0, "max_tokens": 8},
-)
+JUDGE_PROMPT = load_prompts()["judge"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -117,11 +102,6 @@ def citation_accuracy(answer_text: str, documents: Sequence[str]) -> float | Non
     haystacks = [normalized(document) for document in documents]
     found = sum(1 for span in spans if span and any(normalized(span) in haystack for haystack in haystacks))
     return found / len(spans)
-
-
-def judge_messages(question: str, reference_answer: str, student_answer: str) -> list[dict[str, str]]:
-    """The judge's chat messages; `student_answer` is the final answer (see `extract_answer`)."""
-    return JUDGE_PROMPT.messages(question=question, reference_answer=reference_answer, student_answer=student_answer)
 
 
 def parse_judgement(reply: str) -> bool | None:

@@ -12,9 +12,9 @@ from typing import Any
 
 from raft_assets.contracts.prompts import Prompt
 from raft_assets.contracts.raft_format import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+from raft_assets.contracts.tables import EXTRACTIVE_MODEL
 from raft_assets.llm.client import ChatReply, Plan, RequestFailed, Usage
 
-EXTRACTIVE_MODEL = "extractive"
 STAND_IN_NOTE = (
     "no generator endpoint is configured (RAFT_LLM_BASE_URL), so the extractive stand-in writes the questions and "
     "answers by quoting sentences: a test of the machinery, not a model's data"

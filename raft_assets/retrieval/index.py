@@ -98,12 +98,6 @@ class ChunkIndex:
         except KeyError:
             raise KeyError(f"chunk {chunk_id!r} is not in the index") from None
 
-    def vectors(self, chunk_ids: Sequence[str]) -> np.ndarray:
-        """The embeddings of the given chunks, in that order."""
-        return self.embeddings[[self.position(chunk_id) for chunk_id in chunk_ids]]
-
-    # -- search -------------------------------------------------------------------------------------------
-
     def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search in batches of SEARCH_BATCH queries: (scores, row labels, -1 where none)."""
         scores = np.empty((len(queries), k), dtype=np.float32)

@@ -27,14 +27,14 @@ import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from raft_assets.files import write_text_atomically
+from raft_assets.training.params import TrainParams
 
 PARAMS_FILE = "train_params.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -42,80 +42,9 @@ LATEST_FILE = "latest"
 STATE_FILE = "trainer_state.json"
 PROBE_FILE = "probe.json"
 STEP_PREFIX = "step_"
-SCHEDULES = ("cosine", "linear", "constant", "step")
-PRECISIONS = ("auto", "bf16", "fp32")
-METHODS = ("full", "lora")
-BACKENDS = ("auto", "nccl", "gloo")
 # The text whose per-token log-probabilities the training script records at every checkpoint and the export
 # computes again from the files it wrote.
 PROBE_TEXT = "What is the context length of Llama 3? Answer with a quote from the documents."
-
-
-@dataclass
-class TrainParams:
-    """Everything a fine-tuning run depends on; saved as `train_params.yaml` in its output folder."""
-
-    base_model: str
-    train_file: str
-    output_dir: str
-    test_file: str | None = None
-    context_length: int = 4096
-    epochs: int = 1
-    lr: float = 1e-5
-    batch_size: int = 1  # packed blocks per rank per micro-batch
-    gradient_accumulation: int = 1  # micro-batches per optimizer step
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | linear | constant | step (StepLR, gamma per epoch, like the reference)
-    step_gamma: float = 0.85
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    seed: int = 42
-    precision: str = "auto"  # auto: bf16 mixed precision on CUDA, fp32 on CPU
-    activation_checkpointing: bool = False
-    attn_implementation: str = "auto"  # auto: flash_attention_2 when installed on CUDA, else sdpa
-    method: str = "full"  # full | lora
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    backend: str = "auto"  # auto: nccl on CUDA, else gloo
-    max_steps: int | None = None  # stop early (tests, smoke runs)
-    save_every_steps: int | None = None  # besides the checkpoint always saved at the end
-    eval_every_steps: int | None = None  # validation loss on test_file, besides the one at the end
-    eval_max_batches: int | None = None  # cap on validation micro-batches per rank
-    use_wandb: bool = False  # log to Weights & Biases (rank 0) when `wandb` is installed
-
-    def __post_init__(self) -> None:
-        for name, allowed in (
-            ("schedule", SCHEDULES),
-            ("precision", PRECISIONS),
-            ("method", METHODS),
-            ("backend", BACKENDS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("context_length", "epochs", "batch_size", "gradient_accumulation", "max_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainParams:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training parameters: {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def load(cls, path: Path) -> TrainParams:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: Path) -> Path:
-        write_text_atomically(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return Path(path)
 
 
 def load_params(output_dir: Path) -> TrainParams:
@@ -125,12 +54,6 @@ def load_params(output_dir: Path) -> TrainParams:
 
 def step_folder_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:06d}"
-
-
-def step_folders(output_dir: Path) -> list[Path]:
-    """The complete-looking step folders, oldest first (a folder is renamed into place only once complete)."""
-    folders = Path(output_dir).glob(f"{STEP_PREFIX}[0-9]*")
-    return sorted(folder for folder in folders if (folder / ".metadata").is_file())
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -188,20 +111,6 @@ def token_logprobs(
     ids = torch.tensor([list(input_ids)], device=device)
     logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
     return logits.log_softmax(dim=-1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
-
-
-def lora_config(params: TrainParams):
-    """The PEFT LoRA configuration of a run (the conversion wraps the base model with the same one)."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=params.lora_r,
-        lora_alpha=params.lora_alpha,
-        lora_dropout=params.lora_dropout,
-        target_modules=list(params.lora_targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
 
 
 def saved_model_keys(step_folder: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Training data: RAFT records to chat tokens with loss masks, packed into context-length blocks, sharded by rank.
 
-- `tokenize_sample` formats a record as the reference loader does (documents and question split at the last
+- `record_messages` and `tokenize_chats` format a record as the reference loader does (documents and question split at the last
   `</DOCUMENT>`, system/user/assistant messages, the tokenizer's own chat template) and puts labels on the
   assistant's answer only, found from the template's rendering rather than from hard-coded token ids, so it
   works for any chat template.
@@ -19,7 +19,7 @@ import bisect
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,6 @@ def record_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     """The reference loader's chat: system, user (question and documents), assistant (`cot_answer`)."""
     documents, question = split_instruction(record["instruction"])
     return chat_messages(question, documents, record["cot_answer"])
-
-
-def tokenize_sample(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one RAFT record; labels are -100 except on the assistant's answer tokens."""
-    return tokenize_chats(tokenizer, [record_messages(record)])[0]
-
-
-def tokenize_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    return tokenize_chats(tokenizer, [messages])[0]
 
 
 def tokenize_chats(
@@ -285,7 +276,6 @@ class RankShards:
         self.blocks = list(blocks)
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.seed, self.shuffle = seed, shuffle
-        self.current_epoch = 0
 
     def __len__(self) -> int:
         """Micro-batches per epoch (on every rank)."""
@@ -303,10 +293,3 @@ class RankShards:
         """The micro-batches of `epoch`, each a list of `batch_size` blocks."""
         blocks = [self.blocks[i] if i >= 0 else filler_block() for i in self.order(epoch)]
         return [blocks[i : i + self.batch_size] for i in range(0, len(blocks), self.batch_size)]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Which epoch iterating yields (as with torch's DistributedSampler)."""
-        self.current_epoch = epoch
-
-    def __iter__(self) -> Iterator[list[Block]]:
-        return iter(self.epoch(self.current_epoch))

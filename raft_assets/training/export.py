@@ -22,13 +22,12 @@ from raft_assets.files import replace_dir, staging_dir
 from raft_assets.training.checkpoint import (
     PROBE_TEXT,
     Probe,
-    TrainParams,
     latest_checkpoint,
     load_into_model,
     load_params,
-    lora_config,
     token_logprobs,
 )
+from raft_assets.training.params import TrainParams, lora_config
 
 
 @dataclass(frozen=True)

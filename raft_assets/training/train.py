@@ -17,26 +17,23 @@ The loop:
 - sharded checkpoints (model and optimizer, DCP) every `save_every_steps` and at the end, resumed
   exactly from `OUTPUT_DIR/latest` on restart; each holds the probe record, the per-token log-probabilities
   of a fixed text computed by the sharded model as trained, which its export must reproduce;
-- rank 0 writes `metrics.jsonl`, and under Dagster Pipes streams each step and reports the materialization;
-- under torchrun a worker dies with its launcher (Linux), so a killed run leaves no orphan training on.
+- rank 0 writes `metrics.jsonl`, and under Dagster Pipes streams each step and reports the materialization
+  (`reporting.py`);
+- under torchrun a worker dies with its launcher (Linux), so a killed run leaves no orphan training on
+  (`distributed.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib.util
 import json
 import math
-import os
 import shutil
-import signal
-import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,84 +60,21 @@ from raft_assets.training.checkpoint import (
     PROBE_TEXT,
     STATE_FILE,
     Probe,
-    TrainParams,
     latest_checkpoint,
-    lora_config,
-    read_metrics,
     read_trainer_state,
     step_folder_name,
     token_logprobs,
     write_latest,
 )
 from raft_assets.training.data import IGNORE_INDEX, RankShards, collate, model_inputs, pack, tokenize_file
+from raft_assets.training.distributed import Dist, die_with_launcher, init_distributed
+from raft_assets.training.params import TrainParams, lora_config
+from raft_assets.training.reporting import Reporter, open_reporter
 
 __all__ = ["TrainParams", "main", "train"]
 
 
-# --- the distributed setup -------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def die_with_launcher() -> None:
-    """Under torchrun on Linux: have the kernel SIGKILL this worker as soon as its launcher dies.
-
-    torchrun starts each worker in a session of its own, so when the launcher is killed with its process group
-    (the `raft-assets run` or Dagster step that started it, killed with SIGKILL: no signal handler runs), the
-    workers would train on as orphans, writing checkpoints into the run folder that the next materialization
-    resumes from. A lost machine takes every process at once; this makes a lost launcher do the same.
-    Elsewhere (no torchrun, another OS) it does nothing.
-    """
-    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    launcher = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != launcher:  # the launcher died between the two calls: it is gone already
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def init_distributed(backend: str) -> Dist:
-    """The process group torchrun set up the environment for (or a group of one when run without torchrun)."""
-    if "RANK" not in os.environ:  # `python -m raft_assets.training.train`: one process, no launcher
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    cuda = torch.cuda.is_available() and backend != "gloo"
-    backend = backend if backend != "auto" else ("nccl" if cuda else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend=backend, device_id=device if cuda else None)
-    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# --- precision and attention ------------------------------------------------------------------------
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -393,104 +327,6 @@ def load_checkpoint(folder: Path, model, optimizer, params: TrainParams) -> dict
     return read_trainer_state(folder)
 
 
-# --- logging ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Reporter:
-    """Rank 0's outputs: the log, `metrics.jsonl`, Dagster Pipes and Weights & Biases (the others stay silent)."""
-
-    output_dir: Path
-    main: bool
-    pipes: Any = None
-    wandb: Any = None
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def log(self, message: str) -> None:
-        if not self.main:
-            return
-        print(message, flush=True)
-        if self.pipes is not None:
-            self.pipes.log.info(message)
-
-    def step(self, record: dict[str, Any]) -> None:
-        if not self.main:
-            return
-        line = json.dumps(record)
-        with (self.output_dir / METRICS_FILE).open("a", encoding="utf-8") as metrics:
-            metrics.write(line + "\n")
-        self.log(line)
-        if self.wandb is not None:
-            self.wandb.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
-
-    def keep_metrics_until(self, step: int) -> None:
-        """On resume: forget the lines of steps after the checkpoint (they are trained again)."""
-        if not self.main:
-            return
-        kept = [record for record in read_metrics(self.output_dir) if record["step"] <= step]
-        write_text_atomically(self.output_dir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in kept))
-
-    def finish(self, last_checkpoint: Path) -> dict[str, Any]:
-        if not self.main:
-            return {}
-        records = read_metrics(self.output_dir)
-        losses = [record for record in records if "loss" in record]
-        val_losses = [record["val_loss"] for record in records if record.get("val_loss") is not None]
-        speeds = [record["tokens_per_s"] for record in records if record.get("tokens_per_s")]
-        summary = {
-            "steps": records[-1]["step"] if records else 0,
-            "final_train_loss": losses[-1]["loss"] if losses else None,
-            "final_val_loss": val_losses[-1] if val_losses else None,
-            "best_val_loss": min(val_losses) if val_losses else None,
-            "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None,
-            "train_tokens": sum(record.get("tokens", 0) for record in records),
-            # the share of the tokens the model computed that were sample tokens, not padding
-            "packing_efficiency": round(
-                sum(r.get("tokens", 0) for r in records) / max(sum(r.get("computed_tokens", 0) for r in records), 1), 4
-            ),
-            **self.facts,
-            "output_dir": str(self.output_dir.resolve()),
-            "last_checkpoint": str(last_checkpoint.resolve()),
-        }
-        self.log("done: " + json.dumps(summary))
-        if self.pipes is not None:
-            metadata: dict[str, Any] = {key: value for key, value in summary.items() if value is not None}
-            for key in ("output_dir", "last_checkpoint"):
-                metadata[key] = {"raw_value": summary[key], "type": "path"}
-            curve = [{"step": r["step"], "loss": r["loss"], "val_loss": r.get("val_loss")} for r in records]
-            metadata["loss_curve"] = {"raw_value": curve, "type": "json"}
-            self.pipes.report_asset_materialization(metadata=metadata)
-        if self.wandb is not None:
-            self.wandb.summary.update({key: value for key, value in summary.items() if value is not None})
-        return summary
-
-
-def reporting_rank(env: Dist) -> int:
-    """The rank that logs and reports: rank 0, unless Dagster Pipes was set up on another node only (with a c10d
-    rendezvous, global ranks need not follow --node_rank): then the first local rank 0 that has Pipes."""
-    has_pipes = bool(os.environ.get("DAGSTER_PIPES_CONTEXT")) and env.local_rank == 0
-    candidate = torch.tensor([env.rank if has_pipes else env.world_size], device=env.device)
-    dist.all_reduce(candidate, op=dist.ReduceOp.MIN)
-    return int(candidate) if int(candidate) < env.world_size else 0
-
-
-def open_reporter(stack: contextlib.ExitStack, params: TrainParams, env: Dist, output_dir: Path) -> Reporter:
-    reporter = Reporter(output_dir=output_dir, main=env.rank == reporting_rank(env))
-    if not reporter.main:
-        return reporter
-    if os.environ.get("DAGSTER_PIPES_CONTEXT"):
-        from dagster_pipes import open_dagster_pipes
-
-        reporter.pipes = stack.enter_context(open_dagster_pipes())
-    if params.use_wandb and importlib.util.find_spec("wandb") is not None:
-        import wandb
-
-        reporter.wandb = wandb
-        wandb.init(project=os.environ.get("WANDB_PROJECT", "raft"), config=params.to_dict(), dir=str(output_dir))
-        stack.callback(wandb.finish)
-    return reporter
-
-
 # --- the recipe ------------------------------------------------------------------------------------------
 
 
@@ -628,7 +464,7 @@ def _train(params: TrainParams, env: Dist, reporter: Reporter, output_dir: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="train_params.yaml")
+    parser.add_argument("--config", required=True, type=Path, help=f"the run's {PARAMS_FILE}")
     args = parser.parse_args(argv)
     die_with_launcher()
     train(TrainParams.load(args.config))

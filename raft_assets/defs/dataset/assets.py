@@ -5,10 +5,9 @@ The checks are asset checks of their own, run after the files are written and re
 """
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -16,24 +15,17 @@ from pydantic import Field
 
 from raft_assets.contracts.corpus import read_corpus
 from raft_assets.contracts.layout import RAFT_FILES
-from raft_assets.contracts.raft_format import REFUSAL_ANSWER, Passage, Sample, question_key, without_document_tags
-from raft_assets.contracts.tables import EVAL_COLUMNS, EVAL_SCHEMA, read_all_partitions, write_parquet
-from raft_assets.dataset.builder import (
-    FEW_DOCUMENTS,
-    SPLITS,
-    DatasetOptions,
-    assign_splits,
-    percentiles,
-    plan_records,
-    training_documents_needed,
-    write_dataset,
-)
+from raft_assets.contracts.raft_format import without_document_tags
+from raft_assets.contracts.tables import EVAL_COLUMNS, EVAL_SCHEMA, read_all_partitions
+from raft_assets.dataset.builder import FEW_DOCUMENTS, SPLITS, DatasetOptions, build_dataset, percentiles
 from raft_assets.dataset.checks import EXAMPLES, SplitContents, describe_overlaps, overlaps, record_problems
 from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
+from raft_assets.dataset.samples import load_samples
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
+from raft_assets.defs.launchpad import config_class
 from raft_assets.defs.metadata import column_schema, file_link, markdown_preview, table_metadata
 from raft_assets.defs.partitions import doc_sources, every_source
 from raft_assets.defs.resources import ProjectPaths
@@ -48,62 +40,7 @@ from raft_assets.training.base_model import load_tokenizer, read_pointer
 NUM_DISTRACTORS = "num_distractors"  # raft_dataset's metadata: what its records check expects
 
 
-class RaftDatasetConfig(dg.Config):
-    num_distractors: int = Field(default=4, ge=1, description="Distractor documents per record.")
-    p: float = Field(
-        default=0.8,
-        ge=0,
-        le=1,
-        description="Probability that the oracle is among the documents (the RAFT paper's P; the reference always "
-        "includes it). A record without its oracle keeps the full answer: the model learns to answer from memory, "
-        "as in the paper, where a refusal record (refusal_p) teaches it to refuse in the same situation.",
-    )
-    refusal_p: float = Field(
-        default=0.05,
-        ge=0,
-        le=1,
-        description="Probability of an extra refusal record: the oracle replaced by a distractor, the answer "
-        "`refusal_answer` (as the reference). It pulls the other way from p < 1's records without their oracle.",
-    )
-    refusal_answer: str = REFUSAL_ANSWER
-    distractors: Literal["random", "hard", "mixed"] = Field(
-        default="mixed", description="random (the reference), hard (nearest chunks by embedding) or half of each."
-    )
-    seed: int = Field(default=42, description="Drives every random choice (the reference's `random` is never seeded).")
-    test_fraction: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="Share of documents whose questions test. The reference splits rows 90/10 at random when "
-        "training loads them, so test questions share documents and chunks with training ones.",
-    )
-    eval_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of documents reserved for the eval set.")
-    min_split_documents: int = Field(
-        default=FEW_DOCUMENTS,
-        ge=1,
-        description="Fewest documents for test and for eval (when their fraction is not 0) while training keeps one; "
-        "a split with fewer is warned about.",
-    )
-    require_quotes_ok: bool = Field(
-        default=True, description="Use only answers whose quotes were found in the chunk (the reference keeps all)."
-    )
-    context_length: int | None = Field(default=None, gt=0, description="Default: the base model's context length.")
-    overlength: Literal["drop", "truncate"] = "drop"
-
-    def options(self) -> DatasetOptions:
-        """The builder's options (everything but the asset-level settings)."""
-        return DatasetOptions(
-            num_distractors=self.num_distractors,
-            p=self.p,
-            refusal_p=self.refusal_p,
-            refusal_answer=self.refusal_answer,
-            distractors=self.distractors,
-            seed=self.seed,
-            test_fraction=self.test_fraction,
-            eval_fraction=self.eval_fraction,
-            min_split_documents=self.min_split_documents,
-            overlength=self.overlength,
-        )
+RaftDatasetConfig = config_class("RaftDatasetConfig", DatasetOptions)
 
 
 class EvalSetConfig(dg.Config):
@@ -115,42 +52,6 @@ class EvalSetConfig(dg.Config):
     )
 
 
-def load_samples(
-    paths: ProjectPaths, sources: list[str], require_quotes_ok: bool
-) -> tuple[list[Sample], list[Passage]]:
-    """One sample per distinct question (sorted by id), and every distinct chunk with its canonical document.
-
-    The same question asked under two sources (the same chunk text in both) or about two chunks is one sample:
-    the first by question_id. Its document and source are its chunk's canonical ones (`read_corpus`).
-    """
-    answers = read_all_partitions(paths.layout, "cot_answers", sources).filter(pl.col("status") == "ok")
-    if require_quotes_ok:
-        answers = answers.filter(pl.col("quotes_ok"))
-    asked = read_all_partitions(paths.layout, "questions", sources, ["question_id", "question", "chunk_id"])
-    corpus = read_corpus(paths.layout, sources)
-    rows = (
-        answers.unique("question_id", keep="first")
-        .join(asked.unique("question_id", keep="first"), on="question_id")
-        .join(corpus.select("chunk_id", "doc_id", "source"), on="chunk_id")
-        .sort("question_id")
-    )
-    samples, seen = [], set()
-    for r in rows.iter_rows(named=True):
-        key = question_key(r["question"])
-        if key in seen:
-            continue
-        seen.add(key)
-        question = without_document_tags(r["question"])
-        samples.append(
-            Sample(r["question_id"], question, r["cot_answer"], r["answer"], r["chunk_id"], r["doc_id"], r["source"])
-        )
-    passages = [
-        Passage(r["chunk_id"], r["doc_id"], r["title"], without_document_tags(r["text"]))
-        for r in corpus.iter_rows(named=True)
-    ]
-    return samples, passages
-
-
 @dg.asset(
     group_name="dataset",
     kinds={"python", "jsonl"},
@@ -160,55 +61,29 @@ def raft_dataset(
     context: dg.AssetExecutionContext, config: RaftDatasetConfig, paths: ProjectPaths
 ) -> dg.MaterializeResult:
     """RAFT records in the seed's `hf` format (and as chat messages), split by document into train and test."""
-    sources = context.instance.get_dynamic_partitions(doc_sources.name)
-    samples, passages = load_samples(paths, sources, config.require_quotes_ok)
+    options = DatasetOptions(**config.model_dump())
+    layout = paths.layout
+    samples, passages = load_samples(
+        layout, context.instance.get_dynamic_partitions(doc_sources.name), options.require_quotes_ok
+    )
     if not samples:
         raise dg.Failure("No answered question to build records from: materialize cot_answers first.")
-    options = config.options()
-    model = read_pointer(paths.layout)
-    lengths = TokenLengths(load_tokenizer(model), config.context_length or model.context_length)
-    layout = paths.layout
+    model = read_pointer(layout)
+    lengths = TokenLengths(load_tokenizer(model), options.context_length or model.context_length)
+    neighbours = None
+    if options.distractors != "random":
+        index = ChunkIndex.load(layout.index_folder)
+        neighbours = index.nearest_other_documents([p.chunk_id for p in passages], options.num_distractors * 3)
     try:
-        doc_ids = {s.doc_id for s in samples}
-        splits = assign_splits(
-            sorted(doc_ids),
-            config.test_fraction,
-            config.eval_fraction,
-            config.min_split_documents,
-            config.seed,
-            training_documents_needed(options, passages, doc_ids),
-        )
-        neighbours = None
-        if config.distractors != "random":
-            index = ChunkIndex.load(layout.index_folder)
-            neighbours = index.nearest_other_documents([p.chunk_id for p in passages], config.num_distractors * 3)
-        plans = plan_records(samples, passages, splits, options, neighbours)
+        built = build_dataset(layout, samples, passages, options, lengths, neighbours)
     except NotEnoughDocuments as error:
         raise dg.Failure(f"Cannot build the RAFT dataset: {error}.") from None
-    stats = write_dataset(layout, plans, samples, passages, options, lengths)
-    manifest = pl.DataFrame(
-        {
-            "question_id": [s.question_id for s in samples],
-            "question": [s.question for s in samples],
-            "chunk_id": [s.chunk_id for s in samples],
-            "doc_id": [s.doc_id for s in samples],
-            "source": [s.source for s in samples],
-            "split": [splits[s.doc_id] for s in samples],
-        }
-    )
-    write_parquet(manifest, layout.splits_file)
-
-    documents_per_split = Counter(splits.values())
-    small = [
-        f"{split} has {documents_per_split[split]} document(s)"
-        for split, fraction in (("test", config.test_fraction), ("eval", config.eval_fraction))
-        if fraction > 0 and documents_per_split[split] < config.min_split_documents
-    ]
-    if small:
+    if small := built.small_splits(options):
         context.log.warning(
             f"Few documents to measure on: {', '.join(small)} (min_split_documents is "
-            f"{config.min_split_documents}); add documents for numbers that mean more."
+            f"{options.min_split_documents}); add documents for numbers that mean more."
         )
+    stats = built.stats
     written = sum(stats.records.values())
     by_source = pl.DataFrame(
         [(*key.split("/"), count) for key, count in sorted(stats.by_source.items())],
@@ -222,9 +97,9 @@ def raft_dataset(
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
             "distinct_questions": len(samples),
-            **{f"{split}_documents": documents_per_split[split] for split in SPLITS},
+            **{f"{split}_documents": built.documents_per_split[split] for split in SPLITS},
             **({"split_warning": "; ".join(small)} if small else {}),
-            NUM_DISTRACTORS: config.num_distractors,
+            NUM_DISTRACTORS: options.num_distractors,
             "oracle_present_share": stats.oracle_included / written if written else 0.0,
             "refusal_share": stats.refusals / written if written else 0.0,
             "hard_distractor_share": stats.hard_distractors / stats.distractors if stats.distractors else 0.0,

@@ -10,12 +10,19 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from raft_assets.contracts.tables import ANSWER_SCHEMA, GENERATION_COLUMNS, QUESTION_SCHEMA, read_parquet, write_parquet
+from raft_assets.contracts.tables import (
+    ANSWER_SCHEMA,
+    EXTRACTIVE_MODEL,
+    GENERATION_COLUMNS,
+    QUESTION_SCHEMA,
+    read_parquet,
+    write_parquet,
+)
 from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.metadata import column_schema, markdown_preview, most_common_errors, table_metadata
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import LLMResource, ProjectPaths
-from raft_assets.generation.extractive import EXTRACTIVE_MODEL, STAND_IN_NOTE, ExtractiveBackend
+from raft_assets.generation.extractive import STAND_IN_NOTE, ExtractiveBackend
 from raft_assets.generation.progress import NOT_FAILED, StageProgress
 from raft_assets.generation.tasks import generate_answers, generate_questions
 from raft_assets.hashing import content_hash

@@ -3,7 +3,6 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 import torch
@@ -13,6 +12,7 @@ from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.tables import read_all_partitions
 from raft_assets.defs.deployment import gpu_op_tags
 from raft_assets.defs.ingestion.assets import chunks
+from raft_assets.defs.launchpad import config_class
 from raft_assets.defs.metadata import file_link
 from raft_assets.defs.partitions import doc_sources, every_source
 from raft_assets.defs.resources import ProjectPaths
@@ -20,10 +20,10 @@ from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.hashing import content_hash, tree_fingerprint
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import load_tokenizer, read_pointer, resolve_base_model, write_pointer
-from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE, TrainParams
+from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE
 from raft_assets.training.export import Export, export_hf_checkpoint
+from raft_assets.training.params import Hyperparameters, TrainParams
 
-MAX_CONTEXT_LENGTH = 8192  # the reference fine-tunes Llama 3 8B with 8,192-token blocks
 SETTINGS = load_settings()
 
 
@@ -63,78 +63,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths
     )
 
 
-class FineTuneConfig(dg.Config):
-    """The run's hyper-parameters (see raft_assets/training/checkpoint.py TrainParams). "The reference" is the
-    llama-recipes RAFT fine-tune of Llama 3 8B (full fine-tune, 4 GPUs, FSDP): each description says where we
-    follow it and where we differ. Not set here and also different: gradients are clipped to norm 1.0 (the
-    reference does not clip), and samples are packed whole with attention inside each sample (the reference
-    concatenates them and cuts the stream into blocks, so a sample can span two blocks and attend to another)."""
-
-    method: Literal["full", "lora"] = Field(
-        default="full",
-        description="`full` (default), as the reference, whose authors found LoRA gave poor results; or `lora` (peft).",
-    )
-    epochs: int = Field(default=1, gt=0, description="1, as the reference.")
-    lr: float = Field(default=1e-5, gt=0, description="1e-5, as the reference (peak rate, reached after warmup).")
-    batch_size: int = Field(
-        default=1, gt=0, description="Packed blocks per process per micro-batch: 1, as the reference."
-    )
-    gradient_accumulation: int = Field(
-        default=1, gt=0, description="Micro-batches per optimizer step: 1, as the reference."
-    )
-    context_length: int | None = Field(
-        default=None,
-        gt=0,
-        description="Tokens per packed block. Default: the base model's, at most 8192 (for Llama 3 8B 8192, "
-        "as the reference).",
-    )
-    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps: none by default, as the reference.")
-    schedule: Literal["cosine", "linear", "constant", "step"] = Field(
-        default="cosine",
-        description="`cosine` (default; decays to 0 at the last step). The reference uses `step` (StepLR: the rate "
-        "times 0.85 after each epoch), which over its one epoch is a constant rate.",
-    )
-    weight_decay: float = Field(default=0.0, description="AdamW weight decay: 0, as the reference.")
-    seed: int = Field(
-        default=42, description="Seeds the data order, LoRA initialization and dropout: 42, as the reference."
-    )
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        default="auto",
-        description="`auto`: bf16 mixed precision on GPUs (fp32 master weights and gradient reduction), as the "
-        "reference's FSDP mixed precision; fp32 on CPUs.",
-    )
-    activation_checkpointing: bool = Field(
-        default=False,
-        description="Off by default; the reference turns it on. It recomputes each decoder layer's activations in "
-        "the backward pass: about a third more compute for much less activation memory.",
-    )
-    lora_r: int = Field(default=8, description="LoRA rank: 8, as the reference's peft config.")
-    lora_alpha: int = Field(
-        default=16,
-        description="LoRA scaling numerator: 16; the reference's peft config has 32 (and adapts q_proj and v_proj "
-        "only; ours q, k, v and o).",
-    )
-    max_steps: int | None = Field(
-        default=None, gt=0, description="Stop early (smoke runs); the reference runs every step."
-    )
-    save_every_steps: int | None = Field(
-        default=50,
-        gt=0,
-        description="Checkpoint cadence, besides the checkpoint at the end: a killed run resumes there, and the "
-        "export takes the last one. The reference saves only at the end of an epoch, and only when the validation "
-        "loss improved.",
-    )
-    eval_every_steps: int | None = Field(
-        default=None,
-        gt=0,
-        description="Validation loss on raft_test.jsonl every so many steps, besides the one at the end. The "
-        "reference validates at the end of each epoch.",
-    )
-    use_wandb: bool = Field(
-        default=False,
-        description="Log to Weights & Biases when `wandb` is installed; off by default (the reference's command "
-        "turns it on).",
-    )
+FineTuneConfig = config_class("FineTuneConfig", Hyperparameters)
 
 
 def file_digest(*paths: Path) -> str:
@@ -146,14 +75,13 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def train_params(config: FineTuneConfig, paths: ProjectPaths) -> TrainParams:
+def train_params(config: dg.Config, paths: ProjectPaths) -> TrainParams:
     """The run's parameters; the run folder is named by a hash of them and of the data, so an interrupted
     run is resumed by the next materialization, and new data or settings start a new run."""
     layout = paths.layout
     model = read_pointer(layout)
     train_file, test_file = layout.raft_file("train"), layout.raft_file("test")
-    settings = config.model_dump()
-    settings["context_length"] = config.context_length or min(model.context_length, MAX_CONTEXT_LENGTH)
+    settings = {**config.model_dump(), "context_length": config.context_length or model.context_length}
     run = content_hash(json.dumps(settings, sort_keys=True), str(model.path), file_digest(train_file, test_file))[:12]
     return TrainParams(
         base_model=str(model.path),
