@@ -346,7 +346,7 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
     from raft_assets.defs.partitions import doc_sources
     from raft_assets.defs.resources import LLMResource
     from raft_assets.defs.retrieval.assets import retrieval_index
-    from raft_assets.defs.training.assets import base_model
+    from raft_assets.defs.training.base_model import base_model
 
     import_s = time.perf_counter() - started
     rss_after_import = memory_status_mb("VmRSS")

@@ -14,7 +14,8 @@ from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
-from raft_assets.defs.training.assets import base_model, fsdp_checkpoint, hf_checkpoint
+from raft_assets.defs.training.assets import fsdp_checkpoint, hf_checkpoint
+from raft_assets.defs.training.base_model import base_model
 from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.settings import load_settings
 

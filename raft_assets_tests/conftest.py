@@ -106,7 +106,7 @@ def sample_pipeline(tmp_path_factory):
     from raft_assets.defs.ingestion.assets import chunks, documents
     from raft_assets.defs.partitions import doc_sources
     from raft_assets.defs.retrieval.assets import retrieval_index
-    from raft_assets.defs.training.assets import base_model
+    from raft_assets.defs.training.base_model import base_model
 
     root = tmp_path_factory.mktemp("pipeline")
     project = ProjectPaths(

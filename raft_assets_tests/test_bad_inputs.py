@@ -157,7 +157,7 @@ def test_bad_files_are_rows_with_their_reasons_and_good_files_are_chunked(projec
     assert all(uri in metadata["errors"] for uri in BAD_FILES)
     rate = check(result, "failure_rate_within_bound")
     assert rate.passed
-    assert rate.description.startswith("11 of 13 documents could not be read (85%; the bound is 90%). Most common: 2 ×")
+    assert rate.description.startswith("11 of 13 documents failed (84.6%; the bound is 90%). Most common: 2 ×")
     assert check(result, "has_documents").passed
 
 
@@ -169,7 +169,7 @@ def test_a_failure_rate_over_the_bound_fails_the_check_and_keeps_the_documents_f
     rate = check(result, "failure_rate_within_bound")
     assert not rate.passed
     assert rate.description.startswith(
-        "11 of 13 documents could not be read (85%; the bound is 25%). Most common: 2 × empty file; 1 × "
+        "11 of 13 documents failed (84.6%; the bound is 25%). Most common: 2 × empty file; 1 × "
     )
     # The materialization and its file hold every reason, for a user to read in the UI; chunks did not run.
     assert materialization(result)["failed"] == len(BAD_FILES)

@@ -262,7 +262,7 @@ def test_the_questions_failure_rate_check_fails_and_quotes_the_most_common_error
     with OpenAITestServer(raft_responder, faults={"http_500": 1.0}) as server:
         result = materialize(project, instance, endpoint(server, max_retries=0))
     description = failed_check(result, "questions").description
-    assert description.startswith("100.0% of items failed; the bound is 10%. Most common: 6 × HTTP 500")
+    assert description.startswith("6 of 6 chunks failed (100.0%; the bound is 10%). Most common: 6 × HTTP 500")
 
 
 def test_the_answers_failure_rate_check_fails_on_replies_without_an_answer(project, instance, tmp_path):
@@ -271,4 +271,7 @@ def test_the_answers_failure_rate_check_fails_on_replies_without_an_answer(proje
         result = materialize(project, instance, endpoint(server))
     assert all(e.passed for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("questions"))
     description = failed_check(result, "cot_answers").description
-    assert description.endswith("the bound is 10%. Most common: 27 × no usable reply in 3 attempts.")  # every answer
+    assert (
+        description
+        == "27 of 27 answers failed (100.0%; the bound is 10%). Most common: 27 × no usable reply in 3 attempts."
+    )

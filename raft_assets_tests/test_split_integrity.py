@@ -25,7 +25,7 @@ from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
-from raft_assets.defs.training.assets import base_model
+from raft_assets.defs.training.base_model import base_model
 from raft_assets_tests.conftest import REPO, run_assets, write_sources
 
 SOURCES = ["site", "export"]

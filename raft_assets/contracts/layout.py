@@ -41,6 +41,11 @@ class MissingInput(FileNotFoundError):
     """An asset's input has not been written: the asset that writes it must be materialized first."""
 
 
+def under(root: str, *parts: str) -> property:
+    """A `Layout` property: `parts` joined under its `root` folder (`data_dir` or `checkpoint_dir`)."""
+    return property(lambda layout: getattr(layout, root).joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class Layout:
     data_dir: Path
@@ -49,8 +54,6 @@ class Layout:
     @classmethod
     def of(cls, data_dir: str | Path, checkpoint_dir: str | Path) -> Layout:
         return cls(Path(data_dir), Path(checkpoint_dir))
-
-    # -- the data folder ----------------------------------------------------------------------------------
 
     def stage_file(self, stage: str, source: str) -> Path:
         """`<data_dir>/<stage>/<source>.parquet`: one source partition of a per-source table."""
@@ -65,56 +68,22 @@ class Layout:
         """The sources that have a file of `stage`, whatever the partitions say (for readers outside a run)."""
         return sorted(path.stem for path in (self.data_dir / stage).glob("*.parquet"))
 
-    @property
-    def index_folder(self) -> Path:
-        return self.data_dir / "index"
-
-    @property
-    def pending_index_folder(self) -> Path:
-        """Embeddings an interrupted `retrieval_index` saved, reused by the next one."""
-        return self.data_dir / ".index.pending"
-
-    @property
-    def raft_folder(self) -> Path:
-        return self.data_dir / "raft"
-
     def raft_file(self, part: str) -> Path:
         """`all`, `train`, `test` or `chat` (`RAFT_FILES`)."""
         return self.raft_folder / RAFT_FILES[part]
 
-    @property
-    def splits_file(self) -> Path:
-        return self.raft_folder / "splits.parquet"
-
-    @property
-    def eval_set_file(self) -> Path:
-        return self.data_dir / "eval" / "eval_set.json"
-
-    @property
-    def reports_folder(self) -> Path:
-        return self.data_dir / "reports"
-
-    @property
-    def reply_cache_file(self) -> Path:
-        return self.data_dir / "llm_cache" / "replies.sqlite"
-
-    # -- the checkpoint folder ----------------------------------------------------------------------------
-
-    @property
-    def base_folder(self) -> Path:
-        return self.checkpoint_dir / "base"
-
-    @property
-    def base_pointer_file(self) -> Path:
-        return self.base_folder / "base_model.json"
-
-    @property
-    def fsdp_folder(self) -> Path:
-        return self.checkpoint_dir / "fsdp"
-
-    @property
-    def hf_folder(self) -> Path:
-        return self.checkpoint_dir / "hf"
+    # Every other file or folder: (the root it is under, its path there).
+    index_folder = under("data_dir", "index")
+    pending_index_folder = under("data_dir", ".index.pending")  # what an interrupted retrieval_index embedded
+    raft_folder = under("data_dir", "raft")
+    splits_file = under("data_dir", "raft", "splits.parquet")
+    eval_set_file = under("data_dir", "eval", "eval_set.json")
+    reports_folder = under("data_dir", "reports")
+    reply_cache_file = under("data_dir", "llm_cache", "replies.sqlite")
+    base_folder = under("checkpoint_dir", "base")
+    base_pointer_file = under("checkpoint_dir", "base", "base_model.json")
+    fsdp_folder = under("checkpoint_dir", "fsdp")
+    hf_folder = under("checkpoint_dir", "hf")
 
     @staticmethod
     def latest_run(folder: Path) -> Path | None:

@@ -10,6 +10,22 @@ import dagster as dg
 import polars as pl
 
 
+def failure_rate_result(
+    failures: int, total: int, what: str, bound: float, failed: pl.DataFrame, empty_rate: float = 0.0
+) -> dg.AssetCheckResult:
+    """A stage's `failure_rate_within_bound` check: `failures` of `total` items (`what`) failed; it passes at most
+    `bound`; the description quotes the most common errors of the `failed` rows. With no item the rate is
+    `empty_rate`."""
+    rate = failures / total if total else empty_rate
+    common = f". Most common: {most_common_errors(failed)}." if failed.height else "."
+    return dg.AssetCheckResult(
+        check_name="failure_rate_within_bound",
+        passed=rate <= bound,
+        metadata={"failure_rate": rate, "max_failure_rate": bound},
+        description=f"{failures} of {total} {what} failed ({rate:.1%}; the bound is {bound:.0%}){common}",
+    )
+
+
 def most_common_errors(failed: pl.DataFrame, limit: int = 3, max_chars: int = 160) -> str:
     """The most frequent errors of the `error` column, with their counts: what a failure-rate check quotes.
 

@@ -30,7 +30,7 @@ from raft_assets.defs.metadata import column_schema, file_link, markdown_preview
 from raft_assets.defs.partitions import doc_sources, every_source
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
-from raft_assets.defs.training.assets import base_model
+from raft_assets.defs.training.base_model import base_model
 from raft_assets.files import write_text_atomically
 from raft_assets.hashing import content_hash
 from raft_assets.retrieval.index import ChunkIndex

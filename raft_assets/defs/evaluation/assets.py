@@ -20,7 +20,8 @@ from raft_assets.defs.evaluation.vllm import VLLMResource
 from raft_assets.defs.metadata import file_link
 from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
-from raft_assets.defs.training.assets import base_model, hf_checkpoint
+from raft_assets.defs.training.assets import hf_checkpoint
+from raft_assets.defs.training.base_model import base_model
 from raft_assets.evaluation.report import write_report
 from raft_assets.evaluation.run import EvalItem, System, evaluate, stand_in_note
 from raft_assets.hashing import tree_fingerprint

@@ -19,7 +19,7 @@ from raft_assets.contracts.tables import (
     write_parquet,
 )
 from raft_assets.defs.ingestion.assets import chunks
-from raft_assets.defs.metadata import column_schema, markdown_preview, most_common_errors, table_metadata
+from raft_assets.defs.metadata import column_schema, failure_rate_result, markdown_preview, table_metadata
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.generation.extractive import STAND_IN_NOTE, ExtractiveBackend
@@ -108,11 +108,12 @@ def generate(
 def generation_result(
     frame: pl.DataFrame,
     path: Path,
-    failure_rate: float,
+    failures: tuple[int, int, str],
     config: GenerationConfig,
     run_metadata: dict,
     preview_columns: list[str],
 ) -> dg.MaterializeResult:
+    """The table written, its metadata, and the failure-rate check of (failed, total, what) items."""
     write_parquet(frame, path)
     statuses = dict(frame.group_by("status").len().iter_rows())
     failed = frame.filter(~pl.col("status").is_in(NOT_FAILED))
@@ -121,7 +122,7 @@ def generation_result(
             **table_metadata(frame, path, GENERATION_COLUMNS),
             **run_metadata,
             **{f"status_{status}": count for status, count in sorted(statuses.items())},
-            "failure_rate": failure_rate,
+            "failure_rate": failures[0] / failures[1] if failures[1] else 0.0,
             "preview": markdown_preview(frame.filter(pl.col("status") == "ok").select(preview_columns)),
             "failures": markdown_preview(failed.select("status", "error"), rows=10, max_chars=200),
             "skipped": markdown_preview(
@@ -129,15 +130,7 @@ def generation_result(
             ),
         },
         data_version=dg.DataVersion(content_hash(*frame["question_id"], *frame["status"])),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="failure_rate_within_bound",
-                passed=failure_rate <= config.max_failure_rate,
-                metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
-                description=f"{failure_rate:.1%} of items failed; the bound is {config.max_failure_rate:.0%}"
-                + (f". Most common: {most_common_errors(failed)}." if failed.height else "."),
-            )
-        ],
+        check_results=[failure_rate_result(*failures, config.max_failure_rate, failed)],
     )
 
 
@@ -169,7 +162,7 @@ def questions(
     return generation_result(
         frame,
         paths.stage_file("questions", source),
-        failed_chunks / chunk_frame.height if chunk_frame.height else 0.0,
+        (failed_chunks, chunk_frame.height, "chunks"),
         config,
         run_metadata,
         ["question", "chunk_id"],
@@ -206,7 +199,7 @@ def cot_answers(
     return generation_result(
         frame,
         paths.stage_file("cot_answers", source),
-        failed / frame.height if frame.height else 0.0,
+        (failed, frame.height, "answers"),
         config,
         run_metadata,
         ["answer", "quotes_ok"],

@@ -13,7 +13,7 @@ from raft_assets.contracts.tables import (
     read_parquet,
     write_parquet,
 )
-from raft_assets.defs.metadata import column_schema, markdown_preview, most_common_errors, table_metadata
+from raft_assets.defs.metadata import column_schema, failure_rate_result, markdown_preview, table_metadata
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.hashing import content_hash
@@ -97,13 +97,8 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
                 metadata={"loaded": loaded},
                 description=None if loaded else no_documents_reason(spec.name, failed),
             ),
-            dg.AssetCheckResult(
-                check_name="failure_rate_within_bound",
-                passed=failure_rate <= config.max_failure_rate,
-                metadata={"failure_rate": failure_rate, "max_failure_rate": config.max_failure_rate},
-                description=f"{failed.height} of {frame.height} documents could not be read "
-                f"({failure_rate:.0%}; the bound is {config.max_failure_rate:.0%})"
-                + (f". Most common: {most_common_errors(failed)}." if failed.height else "."),
+            failure_rate_result(
+                failed.height, frame.height, "documents", config.max_failure_rate, failed, empty_rate=1.0
             ),
         ],
     )

@@ -1,4 +1,4 @@
-"""The training assets: `base_model`, `fsdp_checkpoint` (fine-tuning) and `hf_checkpoint` (its export)."""
+"""The training assets: `fsdp_checkpoint` (fine-tuning) and `hf_checkpoint` (its export)."""
 
 import hashlib
 import json
@@ -9,58 +9,21 @@ import torch
 from pydantic import Field
 
 from raft_assets.contracts.layout import Layout
-from raft_assets.contracts.tables import read_all_partitions
+from raft_assets.defs.dataset.assets import raft_dataset
 from raft_assets.defs.deployment import gpu_op_tags
-from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.launchpad import config_class
 from raft_assets.defs.metadata import file_link
-from raft_assets.defs.partitions import doc_sources, every_source
 from raft_assets.defs.resources import ProjectPaths
+from raft_assets.defs.training.base_model import base_model
 from raft_assets.defs.training.trainer import TrainerResource
-from raft_assets.hashing import content_hash, tree_fingerprint
+from raft_assets.hashing import content_hash
 from raft_assets.settings import load_settings
-from raft_assets.training.base_model import load_tokenizer, read_pointer, resolve_base_model, write_pointer
+from raft_assets.training.base_model import read_pointer
 from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE
 from raft_assets.training.export import Export, export_hf_checkpoint
 from raft_assets.training.params import Hyperparameters, TrainParams
 
 SETTINGS = load_settings()
-
-
-class BaseModelConfig(dg.Config):
-    name: str = Field(
-        default=SETTINGS.base_model,
-        description="A local model directory, a Hugging Face id already in the local cache, or `tiny`.",
-    )
-
-
-@dg.asset(group_name="training", kinds={"pytorch", "huggingface"}, deps=[every_source(chunks)])
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths: ProjectPaths) -> dg.MaterializeResult:
-    """The model to fine-tune; `tiny` is a small Llama built locally, its tokenizer trained on the chunks."""
-    sources = context.instance.get_dynamic_partitions(doc_sources.name)
-    layout = paths.layout
-    model = resolve_base_model(
-        config.name,
-        layout,
-        lambda: read_all_partitions(layout, "chunks", sources, ["chunk_id", "text"]).sort("chunk_id")["text"],
-    )
-    write_pointer(model, layout)
-    tokenizer = load_tokenizer(model)
-    example = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is FSDP?"}], tokenize=False, add_generation_prompt=True
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **file_link(model.path),
-            "name": model.name,
-            "parameters": model.parameters,
-            "vocab_size": model.vocab_size,
-            "context_length": model.context_length,
-            "built_now": model.built,
-            "chat_template_example": dg.MetadataValue.md(f"```\n{example}\n```"),
-        },
-        data_version=dg.DataVersion(tree_fingerprint(model.path)),
-    )
 
 
 FineTuneConfig = config_class("FineTuneConfig", Hyperparameters)
@@ -95,7 +58,7 @@ def train_params(config: dg.Config, paths: ProjectPaths) -> TrainParams:
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "torchrun"},
-    deps=["raft_dataset", base_model],
+    deps=[raft_dataset, base_model],
     pool="gpu",
     op_tags=gpu_op_tags(SETTINGS.train_gpus),
 )
