@@ -28,7 +28,6 @@ from pathlib import Path
 from raft_assets.contracts.sources import SOURCE_NAME_PATTERN, is_valid_source_name
 from raft_assets.files import write_text_atomically
 
-STAGES = ("documents", "chunks", "questions", "cot_answers")  # the per-source tables
 RAFT_FILES = {"all": "raft.jsonl", "train": "raft_train.jsonl", "test": "raft_test.jsonl", "chat": "raft_chat.jsonl"}
 LATEST_RUN = "latest_run"
 
