@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test dev
+.PHONY: demo test test-fast dev
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto
+
+# The suite without the tests marked `slow` (torchrun, dagster dev, the browser, whole-graph and resume runs, and
+# the other tests over about 10 s): under 2 minutes on 2 cores, for the edit-test loop.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -n auto -m "not slow"
 
 dev: $(STAMP)
 	$(VENV)/bin/python -m raft_assets.defs.instance

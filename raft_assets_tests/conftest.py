@@ -14,6 +14,70 @@ from raft_assets.defs.resources import ProjectPaths
 REPO = Path(__file__).resolve().parents[1]
 RAFT_ASSETS = str(Path(sys.executable).parent / "raft-assets")
 
+# The slow tiers (markers registered in pyproject.toml). A test of any tier is `slow` as well, which is what
+# `make test-fast` leaves out; a test over about 10 s on 2 cores that is in no tier is marked `slow` alone.
+TIERS = ("torchrun", "dagster_dev", "browser", "end_to_end", "resume")
+# The tiers of the modules that the training and evaluation code's author keeps as they are.
+MODULE_TIERS = {"test_train_script.py": ["torchrun"], "test_training_assets.py": ["torchrun"]}
+
+# Units of work for xdist (-n, `--dist loadgroup`): the tests of a module run on one worker, so that its
+# module-scoped fixtures are set up once. These modules and tests are a unit with others (a session-scoped fixture
+# they share) or alone (a long test, so that the rest of its module need not wait for it).
+UNITS = {
+    "test_dataset_assets.py": "sample_pipeline",  # the fixture sample_pipeline
+    "test_eval_report.py": "sample_pipeline",
+    "test_training_assets.py": "sample_pipeline",
+    "test_gpu_pool.py": "sample_pipeline",
+    "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "dagster_dev",  # the fixture dagster_dev_server
+    "test_ui.py": "dagster_dev",
+    "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
+}
+# The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
+# the others, so that no two of them end up one after the other at the end while the other worker is idle.
+LONGEST_FIRST = (
+    "test_resume_everywhere.py",  # 200 s: a run killed three times, and the uninterrupted one beside it
+    "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
+    "test_end_to_end.py",  # 60 s
+    "test_train_script.py",  # 60 s
+    "demo",  # 50 s
+    "test_resume_and_secrets.py",  # 50 s
+    "test_automation.py",  # 45 s
+    "dagster_dev",  # 45 s
+    "test_cli.py",  # 45 s
+)
+
+
+def work_unit(nodeid: str) -> str:
+    path, _, test = nodeid.partition("::")
+    module = path.rsplit("/", 1)[-1]
+    return UNITS.get(f"{module}::{test.split('[')[0]}") or UNITS.get(module) or module
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test of a tier is also `slow`; the longest units of work first (the rest in their order)."""
+    for item in items:
+        for tier in MODULE_TIERS.get(item.path.name, []):
+            item.add_marker(tier)
+        if any(item.get_closest_marker(tier) for tier in TIERS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+    rank = {unit: position for position, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup` by UNITS: xdist reads xdist_group marks from node ids that pytest 9 no longer lets it
+    change (pytest-xdist#1386), so its own loadgroup runs every test as a unit of its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
 
 def cli_env(tmp_path: Path, sources: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment of a `raft-assets` run with its own DAGSTER_HOME and data folder under tmp_path."""
@@ -122,3 +186,19 @@ def sample_pipeline(tmp_path_factory):
         eval_config = {"eval_set": {"config": {"curation_file": str(curation), "size": 10}}}
         run_assets(project, instance, [retrieval_index, base_model, raft_dataset, eval_set], config=eval_config)
         yield project, instance, curation
+
+
+@pytest.fixture(scope="session")
+def dagster_dev_server(tmp_path_factory):
+    """One `dagster dev` for the tests that only look at it (test_code_location, test_ui; one unit of work for xdist):
+    the sample source llama_docs, whose `documents` `raft-assets run` materialized into its DAGSTER_HOME first."""
+    from raft_assets_tests.dagster_dev import dagster_dev, dev_env
+
+    root = tmp_path_factory.mktemp("dagster_dev")
+    llama_docs = {"name": "llama_docs", "kind": "local", "path": str(REPO / "data" / "llama_docs")}
+    sources = write_sources(root / "sources.yaml", [llama_docs])
+    env = dev_env(root, sources)  # the DAGSTER_HOME (with dagster.yaml) that run_cli uses too
+    result = run_cli(root, "--select", "documents", "--source", "llama_docs", sources=sources)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with dagster_dev(env) as server:
+        yield server

@@ -52,6 +52,7 @@ def test_the_schedule_requests_a_crawl_of_every_source(instance):
     assert job.asset_layer.executable_asset_keys == {documents.key}  # the crawl itself: nothing downstream
 
 
+@pytest.mark.slow  # each tick evaluates the whole graph's automation conditions: about 5 s
 def test_an_unchanged_crawl_requests_nothing_and_a_changed_file_only_its_partition(instance, project, folders):
     instance.add_dynamic_partitions(doc_sources.name, SOURCES)
     for source in SOURCES:
@@ -86,6 +87,7 @@ def test_an_unchanged_crawl_requests_nothing_and_a_changed_file_only_its_partiti
     assert requests_of(after_chunks) == {("questions", "llama_docs"), ("retrieval_index", None), ("base_model", None)}
 
 
+@pytest.mark.slow  # each tick evaluates the whole graph's automation conditions: about 5 s
 def test_a_touched_file_is_read_again_but_costs_nothing_downstream(instance, project, folders):
     instance.add_dynamic_partitions(doc_sources.name, SOURCES)
     for source in SOURCES:

@@ -49,6 +49,7 @@ def quoting_responder(body: dict[str, Any]) -> str:
     return f"The context says ##begin_quote## {sentence} ##end_quote## so that is it.\n<ANSWER>: {sentence}"
 
 
+@pytest.mark.slow  # `raft-assets chat` in a subprocess
 def test_chat_answers_a_question_from_the_newest_checkpoint_and_lists_the_sources(project_root: Path):
     result = chat(
         project_root, "--question", "How does FSDP shard parameters?", "--top-k", "3", "--max-new-tokens", "8"
@@ -62,6 +63,7 @@ def test_chat_answers_a_question_from_the_newest_checkpoint_and_lists_the_source
     assert "checkpoints/hf/run-1" in result.stderr
 
 
+@pytest.mark.slow  # `raft-assets chat` in a subprocess
 def test_chat_streams_from_an_endpoint_and_names_the_document_it_quoted(project_root: Path):
     with OpenAITestServer(quoting_responder, keep_bodies=True, stream_chunks=5) as server:
         result = chat(

@@ -1,21 +1,50 @@
 """`raft-assets run` as a user runs it: a subprocess with its own DAGSTER_HOME and data folder."""
 
 import os
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 
 from raft_assets.cli import main
+from raft_assets.definitions import defs
 from raft_assets_tests.conftest import REPO, cli_env, run_cli, write_sources
 
+DEMO_CONFIG = REPO / "data" / "demo_run_config.yaml"
+# The demo's numbers that only make its run longer (20 steps, 40 questions, answers of up to 64 tokens: two
+# minutes on 2 cores), made smaller for the test; every other setting of the file is used as it is.
+SMALLER = {
+    "fsdp_checkpoint": {"max_steps": 2, "save_every_steps": 1},
+    "eval_set": {"size": 10},
+    "eval_report": {"max_new_tokens": 8},
+}
 
+
+def smaller_demo_config(folder: Path) -> Path:
+    """The demo's run config, which must validate against the asset job as it is, with the SMALLER numbers."""
+    config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), config)
+    for asset, numbers in SMALLER.items():
+        settings = config["ops"][asset]["config"]
+        assert numbers.keys() <= settings.keys(), f"the demo config no longer sets {asset}'s {list(numbers)}"
+        settings.update(numbers)
+    path = folder / "demo_run_config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.mark.end_to_end
+@pytest.mark.torchrun
 def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
-    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU; under umask 022 every file it
-    writes is readable by other users (a vLLM server or a pod of another user on a shared volume)."""
+    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU, with the demo's run config
+    (smaller numbers); under umask 022 every file it writes is readable by other users (a vLLM server or a pod of
+    another user on a shared volume)."""
+    config = smaller_demo_config(tmp_path)
     umask = os.umask(0o022)
     try:
-        result = run_cli(tmp_path, "--config", str(REPO / "data" / "demo_run_config.yaml"))
+        result = run_cli(tmp_path, "--config", str(config))
     finally:
         os.umask(umask)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -42,6 +71,7 @@ def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_pat
         del os.environ["DAGSTER_HOME"]
 
 
+@pytest.mark.slow  # `raft-assets run` in a subprocess
 def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -57,6 +87,7 @@ def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
     assert "chunks[bad]" in result.stdout and "skipped" in result.stdout
 
 
+@pytest.mark.slow  # `raft-assets run` in a subprocess
 def test_a_step_that_raises_prints_the_exception_and_its_cause_without_verbose(tmp_path):
     """raft_dataset before base_model: the cause is the asset's own exception, not Dagster's wrapper around it."""
     result = run_cli(
@@ -95,6 +126,7 @@ def source_code_page(name: str) -> str:
     return f"<html><head><title>{name}.py</title></head><body><pre>{code}</pre></body></html>"
 
 
+@pytest.mark.slow  # `raft-assets run` in a subprocess
 def test_offline_on_html_manual_pages_with_source_code_pages_succeeds_and_names_the_stand_in(tmp_path):
     folder = tmp_path / "manual"
     (folder / "_modules").mkdir(parents=True)
@@ -117,6 +149,7 @@ def test_offline_on_html_manual_pages_with_source_code_pages_succeeds_and_names_
     assert set(asked["status"]) == {"ok", "skipped"}
 
 
+@pytest.mark.slow  # `raft-assets run` in a subprocess
 def test_select_and_source_narrow_the_run(tmp_path):
     result = run_cli(tmp_path, "--select", "documents", "--source", "llama_docs")
     assert result.returncode == 0, result.stdout + result.stderr

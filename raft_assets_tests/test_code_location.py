@@ -4,11 +4,12 @@ import subprocess
 
 import pytest
 
-from raft_assets_tests.dagster_dev import DAGSTER, REPO, dagster_dev, dev_env
+from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 
 ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 
 
+@pytest.mark.slow  # `dagster definitions validate` loads the code location in two processes
 @pytest.mark.parametrize("target", [["-w", "workspace.yaml"], ["-m", "raft_assets.definitions"]])
 def test_definitions_validate(tmp_path, target):
     result = subprocess.run(
@@ -23,13 +24,8 @@ def test_definitions_validate(tmp_path, target):
     assert "Validation successful for code location raft_assets" in result.stdout + result.stderr
 
 
-@pytest.fixture
-def dagster_dev_server(tmp_path):
-    with dagster_dev(dev_env(tmp_path)) as server:
-        yield server
-
-
-def test_dagster_dev_serves_the_asset_graph(dagster_dev_server):
+@pytest.mark.dagster_dev
+def test_dagster_dev_serves_the_asset_graph(dagster_dev_server):  # conftest.py: shared with test_ui.py
     response = dagster_dev_server.graphql(ASSET_NODES)
     nodes = {tuple(node["assetKey"]["path"]): node for node in response["assetNodes"]}
     assert set(nodes) >= {("documents",), ("chunks",)}

@@ -105,6 +105,7 @@ def validate(job: dg.JobDefinition, config: dict, *selection: str) -> dict:
 # --- the code location ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # `dagster definitions validate`
 def test_the_code_location_loads_with_the_k8s_executor_and_the_helm_environment(tmp_path, helm_env):
     env = dev_env(tmp_path, **helm_env, RAFT_LLM_API_KEY="from-the-secret", RAFT_JUDGE_API_KEY="from-the-secret")
     assert env["RAFT_EXECUTOR"] == "k8s"

@@ -18,13 +18,15 @@ from raft_assets_tests.conftest import SOURCES, run_cli
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder
 
+pytestmark = [pytest.mark.end_to_end, pytest.mark.torchrun]
+
 GENERATOR_FAULTS = {"http_429": 0.04, "http_500": 0.04, "reset": 0.02, "no_answer_tag": 0.05}
 JUDGE_FAULTS = {"http_503": 0.05}
 RUN_CONFIG = {
     "ops": {
         "questions": {"config": {"questions_per_chunk": 2}},
         "eval_set": {"config": {"size": 20}},  # enough for every system's numbers; each is answered and judged
-        "fsdp_checkpoint": {"config": {"max_steps": 4, "save_every_steps": 2}},
+        "fsdp_checkpoint": {"config": {"max_steps": 2, "save_every_steps": 1, "context_length": 2048}},
         "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
     }
 }

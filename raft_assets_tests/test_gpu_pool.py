@@ -3,8 +3,12 @@
 import shutil
 import time
 
+import pytest
+
 from raft_assets_tests.conftest import write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
+
+pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
 
 REPOSITORY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
     name location { name } sensors { id name } } } } }"""
@@ -35,7 +39,7 @@ def wait_for(server: DagsterDev, run_ids: list[str], timeout: float = 600) -> li
         runs = [server.graphql(RUN, {"id": run_id})["runOrError"] for run_id in run_ids]
         if all(run["status"] in FINISHED for run in runs):
             return runs
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"runs not finished after {timeout} s: {[run['status'] for run in runs]}")
 
 
@@ -50,7 +54,10 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
         [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
         for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
             server.graphql(STOP_SENSOR, {"id": sensor["id"]})
-        training = launch(server, repository, "fsdp_checkpoint", {"max_steps": 3, "save_every_steps": 3})
+        # One short step: the training run still lasts for seconds, long after the evaluation run has started.
+        training = launch(
+            server, repository, "fsdp_checkpoint", {"max_steps": 1, "save_every_steps": 1, "context_length": 2048}
+        )
         evaluation = launch(
             server,
             repository,

@@ -83,9 +83,7 @@ def test_failure_rate_above_the_bound_blocks_chunks(project, instance, tmp_path)
     checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
     assert checks["has_documents"].passed
     assert not checks["failure_rate_within_bound"].passed
-    assert (
-        "1 of 2 documents failed (50.0%; the bound is 25%)" in checks["failure_rate_within_bound"].description
-    )
+    assert "1 of 2 documents failed (50.0%; the bound is 25%)" in checks["failure_rate_within_bound"].description
     assert not project.stage_file("chunks", "docs").exists()
 
 

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli, write_sources
 from raft_assets_tests.openai_server import OpenAITestServer
@@ -48,6 +49,7 @@ def outputs(data_dir: Path) -> dict[str, pl.DataFrame]:
     }
 
 
+@pytest.mark.resume
 def test_a_killed_run_resumes_without_paying_twice_and_matches_an_uninterrupted_run(tmp_path):
     sources = corpus_sources(tmp_path, 8)  # 16 chunks: 16 question requests, then about 80 answers
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
@@ -91,6 +93,7 @@ def test_a_killed_run_resumes_without_paying_twice_and_matches_an_uninterrupted_
         assert frame.equals(outputs(clean_dir / "generated")[stage]), stage
 
 
+@pytest.mark.slow  # a `raft-assets run` of the generation
 def test_the_api_key_appears_nowhere(tmp_path):
     secret = f"raft-test-key-{uuid.uuid4().hex}"
     sources = corpus_sources(tmp_path, 2)

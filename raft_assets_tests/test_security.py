@@ -433,6 +433,7 @@ def test_a_stand_in_vllm_server_gets_a_hostile_path_and_name_as_single_arguments
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.torchrun
 def test_the_trainer_command_passes_a_hostile_path_as_one_argument_and_runs_no_shell(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # a shell would create `pwned` here
     run_dir = tmp_path / HOSTILE

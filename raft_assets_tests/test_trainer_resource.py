@@ -65,6 +65,7 @@ def test_local_addr_is_passed_to_torchrun_on_several_nodes_only():
     assert not any(argument.startswith("--local_addr") for argument in single.command(Path("p.yaml")))
 
 
+@pytest.mark.torchrun
 @pytest.mark.timeout(240)
 @pytest.mark.filterwarnings("ignore:AssetExecutionContext.run_id is deprecated:DeprecationWarning")  # dagster's Pipes
 def test_a_worker_started_as_the_kubernetes_manifest_says_joins_the_training_the_resource_starts(

@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from raft_assets.definitions import defs
-from raft_assets_tests.conftest import REPO, run_cli, write_sources
-from raft_assets_tests.dagster_dev import dagster_dev, dev_env
+from raft_assets_tests.conftest import REPO
+from raft_assets_tests.dagster_dev import DagsterDev
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No network, no first-run or background work: the browser only talks to the local `dagster dev`.
@@ -33,9 +33,14 @@ SCREENSHOT = REPO / "docs" / "images" / "lineage.png"
 TIMEOUT_MS = 60_000  # a busy 2-core machine with other tests in parallel
 
 expect.set_options(timeout=TIMEOUT_MS)
-pytestmark = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK), reason="Chromium is not installed (apt-get install chromium); .ci/run installs it"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason="Chromium is not installed (apt-get install chromium); .ci/run installs it",
+    ),
+    pytest.mark.browser,
+    pytest.mark.dagster_dev,
+]
 
 DOCUMENTS_PARTITIONS = """{ assetNodes(assetKeys: [{path: ["documents"]}]) {
   assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } } } }"""
@@ -55,43 +60,37 @@ def page():
             browser.close()
 
 
-def test_ui_shows_the_asset_graph_and_a_materialized_partition(tmp_path, page: Page):
-    sources = write_sources(
-        tmp_path / "sources.yaml", [{"name": "llama_docs", "kind": "local", "path": str(REPO / "data" / "llama_docs")}]
-    )
-    env = dev_env(tmp_path, sources)  # the DAGSTER_HOME (with dagster.yaml) that run_cli uses too
-    result = run_cli(tmp_path, "--select", "documents", "--source", "llama_docs", sources=sources)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_server: DagsterDev, tmp_path, page: Page):
+    """On the `dagster dev` of conftest.py: the source llama_docs, its `documents` materialized by `raft-assets run`."""
     asset_names = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
+    server = dagster_dev_server
+    [node] = server.graphql(DOCUMENTS_PARTITIONS)["assetNodes"]
+    assert node["assetPartitionStatuses"]["materializedPartitions"] == ["llama_docs"]
 
-    with dagster_dev(env) as server:
-        [node] = server.graphql(DOCUMENTS_PARTITIONS)["assetNodes"]
-        assert node["assetPartitionStatuses"]["materializedPartitions"] == ["llama_docs"]
+    # The global lineage graph, with the navigation and the sidebar out of the way and every group expanded
+    # (the UI fits the graph to the window after each change).
+    page.goto(f"{server.url}/asset-groups")
+    page.get_by_text("Hide navigation", exact=True).click()
+    hide_buttons = page.get_by_role("button").filter(has=page.get_by_label("panel_show_right"))
+    hide_buttons.filter(has_not_text="Hide navigation").click()  # the sidebar's, an icon without text
+    graph = page.locator("svg foreignObject")
+    expect(graph.first).to_be_visible()
+    page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups"
+    for name in asset_names:
+        expect(graph.get_by_text(name, exact=True), f"asset {name} in the graph").to_be_visible()
+    # Its one partition materialized, `documents` is green (zoomed out to fit, nodes are "minimal" boxes).
+    documents_box = graph.get_by_text("documents", exact=True).locator("..")
+    expect(documents_box).to_have_attribute("style", re.compile(r"--minimal-bg: var\(--color-background-green\)"))
+    wait_until_still(documents_box)  # the zoom to fit is animated
+    page.screenshot(path=tmp_path / "lineage.png")
+    if os.environ.get("RAFT_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "lineage.png", SCREENSHOT)
 
-        # The global lineage graph, with the navigation and the sidebar out of the way and every group expanded
-        # (the UI fits the graph to the window after each change).
-        page.goto(f"{server.url}/asset-groups")
-        page.get_by_text("Hide navigation", exact=True).click()
-        hide_buttons = page.get_by_role("button").filter(has=page.get_by_label("panel_show_right"))
-        hide_buttons.filter(has_not_text="Hide navigation").click()  # the sidebar's, an icon without text
-        graph = page.locator("svg foreignObject")
-        expect(graph.first).to_be_visible()
-        page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups"
-        for name in asset_names:
-            expect(graph.get_by_text(name, exact=True), f"asset {name} in the graph").to_be_visible()
-        # Its one partition materialized, `documents` is green (zoomed out to fit, nodes are "minimal" boxes).
-        documents_box = graph.get_by_text("documents", exact=True).locator("..")
-        expect(documents_box).to_have_attribute("style", re.compile(r"--minimal-bg: var\(--color-background-green\)"))
-        wait_until_still(documents_box)  # the zoom to fit is animated
-        page.screenshot(path=tmp_path / "lineage.png")
-        if os.environ.get("RAFT_UPDATE_SCREENSHOTS") == "1":
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tmp_path / "lineage.png", SCREENSHOT)
-
-        page.goto(f"{server.url}/assets/documents?view=partitions")
-        expect(page.get_by_text("Materialized (1)", exact=True)).to_be_visible()
-        expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
-        expect(page.get_by_text("llama_docs", exact=True).first).to_be_visible()
+    page.goto(f"{server.url}/assets/documents?view=partitions")
+    expect(page.get_by_text("Materialized (1)", exact=True)).to_be_visible()
+    expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
+    expect(page.get_by_text("llama_docs", exact=True).first).to_be_visible()
 
 
 def wait_until_still(locator, interval_ms: int = 250) -> None:
