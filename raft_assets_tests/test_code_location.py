@@ -1,12 +1,26 @@
-"""The code location loads in Dagster's own tools: `dagster definitions validate` and `dagster dev`."""
+"""The code location loads in Dagster's own tools (`dagster definitions validate`, `dagster dev`), and loads without
+the libraries that only a few steps use."""
 
 import subprocess
+import sys
 
 import pytest
 
 from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 
 ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
+# Seconds to import each, which every step of a run (the multiprocess executor imports the code location in each
+# step's process), the code server and the CLI would pay: the steps that use them import them.
+HEAVY_MODULES = ("nltk", "matplotlib.pyplot", "transformers.models.llama.modeling_llama")
+
+
+def test_the_code_location_imports_none_of_the_heavy_modules_that_few_steps_use():
+    probe = "import sys, raft_assets.definitions; print(' '.join(m for m in sys.argv[1:] if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *HEAVY_MODULES], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []
 
 
 @pytest.mark.slow  # `dagster definitions validate` loads the code location in two processes

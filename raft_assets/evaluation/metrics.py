@@ -12,12 +12,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
-
-from rouge_score.rouge_scorer import RougeScorer
+from typing import TYPE_CHECKING, Any
 
 from raft_assets.contracts.prompts import load_prompts
 from raft_assets.contracts.raft_format import ANSWER_TAG_PATTERN, REFUSAL_ANSWER, final_answer, normalized, quoted_spans
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 ROUGE_TYPES = {"rouge1": "rouge1", "rouge2": "rouge2", "rouge_l": "rougeL"}  # our key: rouge_score's name
 
@@ -75,6 +76,8 @@ def token_f1(prediction: str, reference: str) -> float:
 
 @cache
 def _rouge_scorer() -> RougeScorer:
+    from rouge_score.rouge_scorer import RougeScorer  # with nltk: seconds to import, for the code location's every step
+
     return RougeScorer(list(ROUGE_TYPES.values()), use_stemmer=True)
 
 

@@ -6,12 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from raft_assets.files import write_text_atomically  # noqa: E402
+from raft_assets.files import write_text_atomically
 
 COLUMNS = [
     ("judge_accuracy", "judged correct"),
@@ -77,6 +72,11 @@ def markdown_report(summaries: dict[str, dict[str, Any]], disagreeing: list[dict
 
 
 def plot_scores(summaries: dict[str, dict[str, Any]], metric: str, path: Path, title: str) -> Path:
+    import matplotlib  # here, not at the top: a second to import, which the steps without plots need not pay
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     names = list(summaries)
     values = [summaries[name].get(metric) or 0.0 for name in names]
     figure, axes = plt.subplots(figsize=(max(6, 0.8 * len(names)), 4))

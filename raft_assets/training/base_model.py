@@ -1,6 +1,9 @@
 """The model to fine-tune: a local checkpoint, one in the Hugging Face cache, or `tiny`, a small Llama built here.
 
 Only JSON and safetensors files are read: nothing is unpickled, and nothing is downloaded at run time.
+
+torch, transformers, tokenizers and huggingface_hub are imported by the functions that use them: the Dagster code
+location imports this module to read the pointer, and every step of a run imports the code location.
 """
 
 from __future__ import annotations
@@ -11,25 +14,16 @@ import math
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
 from safetensors import safe_open
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoTokenizer,
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from raft_assets.contracts.layout import Layout
 from raft_assets.files import replace_dir, staging_dir, write_text_atomically
 from raft_assets.hashing import content_hash
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so that existing builds are rebuilt
@@ -111,6 +105,8 @@ def read_pointer(layout: Layout) -> BaseModel:
 
 
 def load_tokenizer(model: BaseModel) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(model.path)
 
 
@@ -218,6 +214,9 @@ def tiny_recipe(texts: list[str], *, seed: int, vocab_size: int, context_length:
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int, context_length: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer like Llama 3's: any text round-trips, special tokens are single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -252,6 +251,9 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, context_length: in
 
 def tiny_llama(tokenizer: PreTrainedTokenizerFast, *, seed: int, context_length: int) -> LlamaForCausalLM:
     """A Llama 3 shaped model (GQA, RoPE theta 500k, untied embeddings), initialised from `seed`."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -293,6 +295,9 @@ def _resolve_tiny(target: Path, texts: list[str]) -> BaseModel:
 
 def _cached_snapshot(name: str) -> Path:
     """The folder of a hub model in the local Hugging Face cache; never downloads."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
+
     try:
         return Path(snapshot_download(name, local_files_only=True, allow_patterns=list(CHECKPOINT_PATTERNS)))
     except IncompleteSnapshotError as error:
