@@ -37,7 +37,7 @@ from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a sc
 
 from raft_assets.contracts.sources import load_sources  # noqa: E402
 from raft_assets.inference.answering import AnswerRequest, TransformersBackend  # noqa: E402
-from raft_assets.ingestion.chunking import split_documents  # noqa: E402
+from raft_assets.ingestion.chunking import ChunkingOptions, split_documents  # noqa: E402
 from raft_assets.ingestion.documents import load_source  # noqa: E402
 from raft_assets.training.base_model import build_tiny_model  # noqa: E402
 
@@ -62,9 +62,9 @@ class Measurement:
 
 
 def corpus_chunks() -> list[str]:
-    """The sample corpus's chunks, as the `chunks` asset splits them (chunk_size 1000, overlap 100)."""
+    """The sample corpus's chunks, as the `chunks` asset splits them with its default options."""
     frames = [load_source(spec).documents for spec in load_sources(REPO / "data" / "sources.yaml")]
-    return [text for frame in frames for text in split_documents(frame, 1000, 100, 100).chunks["text"]]
+    return [text for frame in frames for text in split_documents(frame, ChunkingOptions()).chunks["text"]]
 
 
 def rag_requests(chunks: list[str], count: int) -> list[AnswerRequest]:

@@ -178,13 +178,21 @@ def document_rows(source: str, index: int, title: str, texts: list[str]) -> tupl
 def source_frames(
     source: str, first_doc: int, sizes: list[int], questions_per_chunk: int, vocab: Vocabulary, seed: int
 ) -> dict[str, Any]:
-    """The four stage frames (documents, chunks, questions, cot_answers) of one source."""
+    """The five stage frames (documents, chunks, questions, cot_answers, curated_answers: all kept) of one source."""
     import polars as pl
 
-    from raft_assets.contracts.tables import ANSWER_SCHEMA, CHUNK_SCHEMA, DOCUMENT_SCHEMA, QUESTION_SCHEMA
+    from raft_assets.contracts.tables import (
+        ANSWER_SCHEMA,
+        CHUNK_SCHEMA,
+        CURATED_SCHEMA,
+        DOCUMENT_SCHEMA,
+        KEEP,
+        QUESTION_SCHEMA,
+    )
     from raft_assets.hashing import content_hash
 
-    rows: dict[str, list[tuple[Any, ...]]] = {"documents": [], "chunks": [], "questions": [], "cot_answers": []}
+    stages = ("documents", "chunks", "questions", "cot_answers", "curated_answers")
+    rows: dict[str, list[tuple[Any, ...]]] = {stage: [] for stage in stages}
     for offset, size in enumerate(sizes):
         index = first_doc + offset
         rng = random.Random(f"document:{seed}:{index}")
@@ -202,11 +210,13 @@ def source_frames(
                 quote, answer = answer_of(rng, text)
                 rows["questions"].append((question_id, chunk_id, doc_id, question, "bench-model", "ok", None))
                 rows["cot_answers"].append((question_id, cot_answer(quote, answer), answer, True, "ok", None, 1))
+                rows["curated_answers"].append((question_id, 10, KEEP, [], "bench-model", "ok", None))
     schemas = {
         "documents": DOCUMENT_SCHEMA,
         "chunks": CHUNK_SCHEMA,
         "questions": QUESTION_SCHEMA,
         "cot_answers": ANSWER_SCHEMA,
+        "curated_answers": CURATED_SCHEMA,
     }
     frames = {stage: pl.DataFrame(rows[stage], schema=schemas[stage], orient="row") for stage in rows}
     frames["documents"] = frames["documents"].sort("uri")
@@ -340,6 +350,7 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
     started = time.perf_counter()
     import dagster as dg
 
+    from raft_assets.defs.curation.assets import curated_answers
     from raft_assets.defs.dataset.assets import raft_dataset, raft_dataset_checks
     from raft_assets.defs.generation.assets import cot_answers, questions
     from raft_assets.defs.ingestion.assets import chunks, documents
@@ -360,10 +371,12 @@ def materialize_child(work: Path, profile_top: int) -> dict[str, Any]:
         if profiler:
             profiler.enable()
         result = dg.materialize(
-            [documents, chunks, questions, cot_answers, retrieval_index, base_model, raft_dataset, raft_dataset_checks],
+            [documents, chunks, questions, cot_answers, curated_answers]
+            + [retrieval_index, base_model, raft_dataset, raft_dataset_checks],
             selection=[raft_dataset],  # and its checks, which read the files back
             instance=instance,
-            resources={"paths": project_paths(work), "llm": LLMResource()},  # `llm`: questions' (unused)
+            # `llm` and `curator`: those of questions and curated_answers, which are not run
+            resources={"paths": project_paths(work), "llm": LLMResource(), "curator": LLMResource()},
             run_config=RUN_CONFIG,
         )
         if profiler:
@@ -425,7 +438,7 @@ def phases_child(work: Path) -> dict[str, Any]:
     paths = project_paths(work)
     sources = json.loads((work / SETUP_FILE).read_text(encoding="utf-8"))["sources"]
     phases: list[Phase] = []
-    samples, passages = timed(
+    samples, passages, _ = timed(
         phases, "load_samples", lambda: load_samples(paths.layout, sources, config.require_quotes_ok)
     )
     splits = timed(

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from results import publish, start_test_server  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from raft_assets.contracts.prompts import load_prompts  # noqa: E402
 from raft_assets.defs.resources import LLMResource  # noqa: E402
@@ -94,24 +93,6 @@ def synthetic_chunks(count: int) -> pl.DataFrame:
     return pl.DataFrame(
         {"chunk_id": ids, "doc_id": ids, "source": ["bench"] * count, "position": [0] * count, "text": texts}
     )
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "raft_assets_tests.openai_server",
-            "--latency",
-            str(LATENCY_S),
-            "--capacity",
-            str(CAPACITY),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return process, process.stdout.readline().split()[-1]
 
 
 def measure_ours(base_url: str, chunks: pl.DataFrame) -> list[Measurement]:
@@ -249,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
 
     chunks = synthetic_chunks(args.chunks)
-    process, base_url = start_server()
+    process, base_url = start_test_server(REPO, LATENCY_S, CAPACITY)
     try:
         ours = measure_ours(base_url, chunks)
         references = [measure_reference(base_url, chunks, threads) for threads in args.reference_threads]

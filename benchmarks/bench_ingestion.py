@@ -20,9 +20,13 @@ What it measures:
    loaded documents at scales 1x, 2x, 4x... The larger scales repeat the corpus with new doc ids and
    letters rotated (a Caesar shift), so the splitter does the same work on every copy but every
    chunk is new (no chunk is dropped as a duplicate).
+4. Boilerplate and near duplicates (issue 14): `split_documents` at 1x with `near_duplicates` off and
+   on, and on the corpus with a footer paragraph (page number and year varying) added to every
+   document: the detection's CPU cost, and whether the 2,000 footers end up in one chunk.
 
 Targets: the materialization under 60 s and under 2 GB peak RSS; chunking linear (time per MB at
-the largest scale at most 1.25x that at the smallest).
+the largest scale at most 1.25x that at the smallest); near-duplicate detection at most 1 CPU s per
+MB of text.
 
 Run from the repository root (by hand, not in CI):
 
@@ -75,6 +79,7 @@ DOCS_PER_FOLDER = 100
 TARGET_WALL_S = 60.0
 TARGET_RSS_MB = 2048.0
 LINEARITY_TOLERANCE = 1.25  # largest scale's s/MB over the smallest's
+TARGET_NEAR_DUPLICATE_S_PER_MB = 1.0  # boilerplate and near-duplicate passes, CPU s per MB of text
 
 KEY_PACKAGES = [
     "dagster",
@@ -499,22 +504,21 @@ def run_linearity(documents_file: Path, scales: list[int], repeat: int) -> list[
     """
     import polars as pl
 
-    from raft_assets.defs.ingestion.assets import ChunksConfig
-    from raft_assets.ingestion.chunking import split_documents
+    from raft_assets.ingestion.chunking import ChunkingOptions, split_documents
 
-    config = ChunksConfig()
+    options = ChunkingOptions()
     documents = pl.read_parquet(documents_file)
     largest = scaled_documents(documents, scales[-1])
     per_copy = largest.height // scales[-1]
     frames = {scale: largest.head(scale * per_copy) for scale in scales}
-    split_documents(documents.head(20), config.chunk_size, config.chunk_overlap, config.min_chunk_chars)  # warm-up
+    split_documents(documents.head(20), options)  # warm-up
     wall: dict[int, list[float]] = {scale: [] for scale in scales}
     cpu: dict[int, list[float]] = {scale: [] for scale in scales}
     chunk_counts: dict[int, int] = {}
     for _ in range(repeat):
         for scale, frame in frames.items():
             wall_started, cpu_started = time.perf_counter(), time.process_time()
-            result = split_documents(frame, config.chunk_size, config.chunk_overlap, config.min_chunk_chars)
+            result = split_documents(frame, options)
             wall[scale].append(time.perf_counter() - wall_started)
             cpu[scale].append(time.process_time() - cpu_started)
             chunk_counts[scale] = result.chunks.height
@@ -530,6 +534,81 @@ def run_linearity(documents_file: Path, scales: list[int], repeat: int) -> list[
         )
         for scale, frame in frames.items()
     ]
+
+
+@dataclass(frozen=True)
+class NearDuplicateCost:
+    text_mb: float
+    cpu_off_s: float  # split_documents with near_duplicates off: the reference's splitter and exact merging only
+    cpu_on_s: float  # with the default options (near_duplicates on)
+    chunks_off: int
+    chunks_on: int
+    footer_cpu_s: float  # the same corpus with a footer paragraph (its page and year vary) added to every document
+    footer_paragraphs: int  # footers taken out as boilerplate
+    footer_chunks: int  # chunks holding the footer's words
+
+    @property
+    def cpu_s_per_mb(self) -> float:
+        return (self.cpu_on_s - self.cpu_off_s) / self.text_mb
+
+
+def footer(index: int) -> str:
+    return (
+        f"Was this page helpful? Tell us how we can improve page {index} of this manual. All content on this site "
+        f"is licensed under the Apache License 2.0; copyright {2023 + index % 3} Example Inc. and its contributors."
+    )
+
+
+def run_near_duplicate_cost(documents_file: Path, repeat: int) -> NearDuplicateCost:
+    """CPU time of `split_documents` at 1x with near-duplicate detection off and on (best of `repeat`), and on the
+    corpus with a boilerplate footer in every document: how many footers are taken out, how many chunks hold one."""
+    import polars as pl
+
+    from raft_assets.ingestion.chunking import ChunkingOptions, split_documents
+
+    documents = pl.read_parquet(documents_file).filter(pl.col("error").is_null())
+    with_footer = documents.with_columns(
+        pl.Series("text", [f"{text}\n\n{footer(i)}" for i, text in enumerate(documents["text"])])
+    )
+
+    def timed(frame: pl.DataFrame, options: ChunkingOptions) -> tuple[float, Any]:
+        times, result = [], None
+        for _ in range(repeat):
+            started = time.process_time()
+            result = split_documents(frame, options)
+            times.append(time.process_time() - started)
+        return min(times), result
+
+    cpu_off, off = timed(documents, ChunkingOptions(near_duplicates=False))
+    cpu_on, on = timed(documents, ChunkingOptions())
+    footer_cpu, footers = timed(with_footer, ChunkingOptions())
+    return NearDuplicateCost(
+        text_mb=int(documents["text"].str.len_chars().sum()) / 1e6,
+        cpu_off_s=cpu_off,
+        cpu_on_s=cpu_on,
+        chunks_off=off.chunks.height,
+        chunks_on=on.chunks.height,
+        footer_cpu_s=footer_cpu,
+        footer_paragraphs=footers.boilerplate_paragraphs,
+        footer_chunks=int(footers.chunks["text"].str.contains("Was this page helpful").sum()),
+    )
+
+
+def near_duplicate_table(cost: NearDuplicateCost, docs: int) -> str:
+    return "\n".join(
+        [
+            "| `split_documents` at 1x | CPU s | chunks | footers taken out | chunks holding the footer |",
+            "|---|---:|---:|---:|---:|",
+            f"| near_duplicates off (the reference's splitter, exact repeats merged) | {cost.cpu_off_s:.2f} "
+            f"| {cost.chunks_off:,} | — | — |",
+            f"| near_duplicates on (default) | {cost.cpu_on_s:.2f} | {cost.chunks_on:,} | 0 | — |",
+            f"| on, a footer added to each of the {docs:,} documents | {cost.footer_cpu_s:.2f} | — "
+            f"| {cost.footer_paragraphs:,} | {cost.footer_chunks:,} |",
+            "",
+            f"Near-duplicate detection costs {cost.cpu_s_per_mb:.2f} CPU s per MB of text "
+            f"({cost.cpu_on_s / cost.cpu_off_s:.1f}x the splitting alone).",
+        ]
+    )
 
 
 def linearity_ratio(runs: list[ScaleRun]) -> float:
@@ -619,7 +698,7 @@ def reference_table(comparison: ReferenceComparison) -> str:
     )
 
 
-def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
+def targets_table(run: EndToEnd, runs: list[ScaleRun], cost: NearDuplicateCost) -> str:
     ratio = linearity_ratio(runs)
     limit = LINEARITY_TOLERANCE * runs[-1].scale / runs[0].scale
     return "\n".join(
@@ -630,6 +709,8 @@ def targets_table(run: EndToEnd, runs: list[ScaleRun]) -> str:
             f"| {pass_fail(run.total_wall_s < TARGET_WALL_S)} |",
             f"| peak RSS under 2 GB | {run.peak_rss_mb:.0f} MB | {pass_fail(run.peak_rss_mb < TARGET_RSS_MB)} |",
             f"| chunking linear (CPU time ratio at most {limit:g}) | {ratio:.2f} | {pass_fail(is_linear(runs))} |",
+            f"| near-duplicate detection at most {TARGET_NEAR_DUPLICATE_S_PER_MB:g} CPU s per MB "
+            f"| {cost.cpu_s_per_mb:.2f} | {pass_fail(cost.cpu_s_per_mb <= TARGET_NEAR_DUPLICATE_S_PER_MB)} |",
         ]
     )
 
@@ -640,6 +721,7 @@ def report(
     run: EndToEnd,
     comparison: ReferenceComparison,
     runs: list[ScaleRun],
+    cost: NearDuplicateCost,
 ) -> str:
     machine = machine_description(KEY_PACKAGES)
     command = " ".join(["python benchmarks/bench_ingestion.py", *sys.argv[1:]])
@@ -686,9 +768,17 @@ def report(
             "",
             linearity_table(runs),
             "",
+            "### Boilerplate and near duplicates (`near_duplicates`, issue 14)",
+            "",
+            "MinHash LSH over paragraphs before splitting and over chunks after (`ingestion/near_duplicates.py`), "
+            f"best of {args.repeat} runs each. The generated corpus has no repeated paragraph, so the second row is "
+            "the detection's cost alone; the third adds to every document a footer whose page number and year vary.",
+            "",
+            near_duplicate_table(cost, run.loaded),
+            "",
             "### Targets",
             "",
-            targets_table(run, runs),
+            targets_table(run, runs, cost),
             "",
         ]
     )
@@ -733,8 +823,11 @@ def main(argv: list[str]) -> None:
         print(f"Materialized documents + chunks in {run.total_wall_s:.1f} s; now ours and the reference on md + txt")
         comparison = compare_with_reference(work, corpus)
         print(f"Reference design in {comparison.reference.wall_s:.1f} s; timing split_documents at {args.scales}")
-        runs = run_linearity(work / "generated" / "documents" / f"{SOURCE_NAME}.parquet", args.scale_list, args.repeat)
-    section = report(args, corpus, run, comparison, runs)
+        documents_file = work / "generated" / "documents" / f"{SOURCE_NAME}.parquet"
+        runs = run_linearity(documents_file, args.scale_list, args.repeat)
+        print("Timing near-duplicate detection")
+        cost = run_near_duplicate_cost(documents_file, args.repeat)
+    section = report(args, corpus, run, comparison, runs, cost)
     print()
     publish(section, args.record, "profiled run: timings are inflated" if args.profile else None)
 

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: writing a section of RESULTS.md (replaced in place when it is there,
-appended otherwise), the machine description, and running a measured step in a child process."""
+appended otherwise), the machine description, running a measured step in a child process, and starting the
+OpenAI-compatible test server in a process of its own."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def publish(section: str, record_it: bool, not_recordable: str | None = None) ->
     elif record_it:
         record(section)
         print(f"Recorded in {RESULTS.relative_to(RESULTS.parents[1])}")
+
+
+def start_test_server(
+    repo: Path, latency_s: float, capacity: int, responder: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`raft_assets_tests.openai_server` in its own process (`responder`: MODULE:FUNCTION answering each request);
+    returns the process and its base URL."""
+    options = ["--latency", str(latency_s), "--capacity", str(capacity)]
+    options += ["--responder", responder] if responder else []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "raft_assets_tests.openai_server", *options], cwd=repo, stdout=subprocess.PIPE, text=True
+    )
+    return process, process.stdout.readline().split()[-1]
 
 
 def _shell(command: list[str]) -> str:

@@ -7,6 +7,7 @@ from raft_assets.defs.automation.conditions import on_upstream_data_change
 from raft_assets.defs.automation.jobs import crawl_job, per_source_job
 from raft_assets.defs.automation.schedules import crawl_schedule
 from raft_assets.defs.automation.sensors import automation_sensor, doc_sources_sensor, local_folders_sensor
+from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
 from raft_assets.defs.evaluation.assets import eval_report
 from raft_assets.defs.evaluation.vllm import VLLMResource
@@ -37,6 +38,7 @@ defs = dg.Definitions(
             chunks,
             questions,
             cot_answers,
+            curated_answers,
             retrieval_index,
             base_model,
             raft_dataset,
@@ -55,6 +57,7 @@ defs = dg.Definitions(
         "paths": ProjectPaths.from_settings(SETTINGS),
         "llm": LLMResource.from_variables(SETTINGS.generator),
         "judge": LLMResource.from_variables(SETTINGS.judge),
+        "curator": LLMResource.from_variables(SETTINGS.curator),
         "trainer": TrainerResource(),
         "vllm": VLLMResource(),
     },

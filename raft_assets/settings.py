@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EndpointVariables:
-    """`<prefix>_BASE_URL`, `_API_KEY`, `_MODEL`, `_MAX_CONCURRENCY` of one model endpoint (the generator, the judge)."""
+    """`<prefix>_BASE_URL`, `_API_KEY`, `_MODEL`, `_MAX_CONCURRENCY` of one model endpoint (the generator, the judge,
+    the curator)."""
 
     base_url: str | None  # unset: no endpoint
     api_key_variable: str | None  # the name of the variable holding the key, when it is set
@@ -35,6 +36,7 @@ class Settings:
     eval_gpus: int  # GPUs of the evaluation pod (k8s)
     generator: EndpointVariables
     judge: EndpointVariables
+    curator: EndpointVariables  # unset: curated_answers asks the generator's endpoint
 
 
 def endpoint_variables(prefix: str, env: Mapping[str, str]) -> EndpointVariables:
@@ -68,4 +70,5 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         eval_gpus=gpus(env, "RAFT_K8S_EVAL_GPUS", 1),
         generator=endpoint_variables("RAFT_LLM", env),
         judge=endpoint_variables("RAFT_JUDGE", env),
+        curator=endpoint_variables("RAFT_CURATOR", env),
     )

@@ -152,6 +152,7 @@ def run_assets(
             "paths": project,
             "llm": LLMResource(),
             "judge": LLMResource(),
+            "curator": LLMResource(),
             "trainer": TrainerResource(),
             "vllm": VLLMResource(),
             **resources,
@@ -165,6 +166,7 @@ def run_assets(
 @pytest.fixture(scope="session")
 def sample_pipeline(tmp_path_factory):
     """The shipped sample corpus through `eval_set`, with the extractive generator and the tiny model."""
+    from raft_assets.defs.curation.assets import curated_answers
     from raft_assets.defs.dataset.assets import eval_set, raft_dataset
     from raft_assets.defs.generation.assets import cot_answers, questions
     from raft_assets.defs.ingestion.assets import chunks, documents
@@ -182,7 +184,7 @@ def sample_pipeline(tmp_path_factory):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(doc_sources.name, SOURCES)
         for source in SOURCES:
-            run_assets(project, instance, [documents, chunks, questions, cot_answers], source)
+            run_assets(project, instance, [documents, chunks, questions, cot_answers, curated_answers], source)
         eval_config = {"eval_set": {"config": {"curation_file": str(curation), "size": 10}}}
         run_assets(project, instance, [retrieval_index, base_model, raft_dataset, eval_set], config=eval_config)
         yield project, instance, curation

@@ -6,8 +6,9 @@ One asyncio loop (aiohttp.web) in a background thread serves `GET /v1/models` an
 Faults are decided from a hash of (seed, request fingerprint, attempt), where attempt counts how many times this
 exact body was seen before, so runs are reproducible and a retry of the same request can succeed.
 HTTP/connection faults (`http_429`, `http_500`, `http_503`, `timeout`, `reset`, and `fail_first_n`) hit on
-arrival, before queueing and latency; content faults (`no_answer_tag`, `bad_quote`, `empty`) alter a normal
-200 reply. Run standalone with `python -m raft_assets_tests.openai_server --help`.
+arrival, before queueing and latency; content faults (`no_answer_tag`, `bad_quote`, `empty`, `off_schema`) alter a
+normal 200 reply. A request's `response_format` (structured output) reaches the responder with the rest of the body,
+and the stats count it, as they count what a server that does not honour it (`off_schema`) replies instead. Run standalone with `python -m raft_assets_tests.openai_server --help`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import itertools
 import json
 import re
@@ -33,9 +35,10 @@ from aiohttp import web
 Responder = Callable[[dict[str, Any]], str]
 
 HTTP_FAULTS = ("http_429", "http_500", "http_503", "timeout", "reset")
-CONTENT_FAULTS = ("no_answer_tag", "bad_quote", "empty")
+CONTENT_FAULTS = ("no_answer_tag", "bad_quote", "empty", "off_schema")
 FAULTS = HTTP_FAULTS + CONTENT_FAULTS
 BAD_QUOTE = "This sentence was invented by the test server and is not in the context."
+OFF_SCHEMA = '{"note": "JSON that fits no schema the client asked for"}'  # a server ignoring response_format
 
 _QUOTE = re.compile(r"(##begin_quote##)(.*?)(##end_quote##)", re.DOTALL)
 _ANSWER_LINE = re.compile(r"^.*<ANSWER>:.*(?:\n|$)", re.MULTILINE)
@@ -100,6 +103,8 @@ class ServerStats:
     prompt_tokens: int = 0  # summed over 200 replies
     completion_tokens: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)  # chat request bodies, when keep_bodies
+    response_formats: Counter[str] = field(default_factory=Counter)  # chat requests by response_format: its json
+    # schema's name, or its type ("json_object", "text"); requests without one are not counted
 
 
 class OpenAITestServer:
@@ -265,6 +270,7 @@ class OpenAITestServer:
                 completed_fingerprints=Counter(s.completed_fingerprints),
                 faults=Counter(s.faults),
                 bodies=list(s.bodies),
+                response_formats=Counter(s.response_formats),
             )
 
     def reset_stats(self) -> None:
@@ -365,6 +371,8 @@ class OpenAITestServer:
             self._stats.fingerprints[fp] = attempt + 1
             if self.keep_bodies:
                 self._stats.bodies.append(body)
+            if isinstance(requested := body.get("response_format"), dict):
+                self._stats.response_formats[response_format_name(requested)] += 1
         fault = self.planned_fault(body, attempt) if (self.faults or self.fail_first_n) else None
         if fault is not None:
             with self._lock:
@@ -489,9 +497,17 @@ class OpenAITestServer:
         return response
 
 
+def response_format_name(response_format: Mapping[str, Any]) -> str:
+    """A request's `response_format` as the stats count it: the JSON schema's name, or the format's type."""
+    schema = response_format.get("json_schema")
+    return str(schema.get("name")) if isinstance(schema, dict) else str(response_format.get("type"))
+
+
 def _apply_content_fault(content: str, fault: str | None) -> str:
     if fault == "empty":
         return ""
+    if fault == "off_schema":
+        return OFF_SCHEMA
     if fault == "no_answer_tag":
         return _ANSWER_LINE.sub("", content)
     if fault == "bad_quote":
@@ -512,6 +528,12 @@ def _drop_connection(request: web.Request, *, reset: bool) -> None:
     transport.abort()
 
 
+def load_responder(spec: str) -> Responder:
+    """`package.module:function`, e.g. `raft_assets_tests.raft_model:raft_responder`."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serves until interrupted or terminated, printing the base URL first (for a server in another process)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -526,9 +548,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=float, default=0.1)
     parser.add_argument("--hang", type=float, default=30.0)
     parser.add_argument("--fail-first-n", type=int, default=0)
+    parser.add_argument(
+        "--responder", default=None, metavar="MODULE:FUNCTION", help="what writes the replies; default: echo"
+    )
     args = parser.parse_args(argv)
     faults = {name: float(p) for name, _, p in (item.partition("=") for item in args.fault)}
     server = OpenAITestServer(
+        load_responder(args.responder) if args.responder else None,
         models=args.models or ["test-model"],
         api_key=args.api_key,
         latency_s=args.latency,

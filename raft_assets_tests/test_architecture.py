@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "raft_assets"
 FOUNDATION = {"settings", "fields", "files", "hashing"}
 SERVICES = {"llm", "retrieval", "inference"}
-STAGES = {"ingestion", "generation", "dataset", "training", "evaluation"}
+STAGES = {"ingestion", "generation", "curation", "dataset", "training", "evaluation"}
 DAGSTER_LAYER = {"defs", "definitions", "cli"}
 # What each layer may import from the package: its own layer and the ones below it.
 ALLOWED = {

@@ -51,7 +51,7 @@ def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_pat
     written = [path for folder in ("generated", "checkpoints") for path in (tmp_path / folder).rglob("*")]
     assert len(written) > 50 and [p for p in written if not p.is_symlink() and not p.stat().st_mode & 0o004] == []
     for source in ("llama_docs", "pytorch_docs"):
-        for asset in ("documents", "chunks", "questions", "cot_answers"):
+        for asset in ("documents", "chunks", "questions", "cot_answers", "curated_answers"):
             assert (tmp_path / "generated" / asset / f"{source}.parquet").is_file()
             assert f"{asset}[{source}]" in result.stdout
     assert "failed" not in result.stdout and "skipped" not in result.stdout
@@ -91,7 +91,11 @@ def test_a_failing_check_exits_non_zero_with_the_reason(tmp_path):
 def test_a_step_that_raises_prints_the_exception_and_its_cause_without_verbose(tmp_path):
     """raft_dataset before base_model: the cause is the asset's own exception, not Dagster's wrapper around it."""
     result = run_cli(
-        tmp_path, "--select", "documents,chunks,questions,cot_answers,raft_dataset", "--source", "llama_docs"
+        tmp_path,
+        "--select",
+        "documents,chunks,questions,cot_answers,curated_answers,raft_dataset",
+        "--source",
+        "llama_docs",
     )
     assert result.returncode == 1
     output = " ".join(result.stdout.split())  # rich wraps long lines
@@ -136,13 +140,15 @@ def test_offline_on_html_manual_pages_with_source_code_pages_succeeds_and_names_
         (folder / "_modules" / f"{name}.html").write_text(source_code_page(name), encoding="utf-8")
     sources = write_sources(tmp_path / "sources.yaml", [{"name": "manual", "kind": "local", "path": str(folder)}])
 
-    selection = "documents,chunks,questions,cot_answers,retrieval_index,base_model,raft_dataset,eval_set"
+    selection = (
+        "documents,chunks,questions,cot_answers,curated_answers,retrieval_index,base_model,raft_dataset,eval_set"
+    )
     result = run_cli(tmp_path, "--select", selection, sources=sources)
     output = " ".join(result.stdout.split())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the extractive stand-in writes the questions and answers" in output
     [row] = [line for line in result.stdout.splitlines() if "questions[manual]" in line]
-    assert "materialized" in row and "by the extractive stand-in" in row
+    assert "materialized" in row and "by a stand-in" in row
     asked = pl.read_parquet(tmp_path / "generated" / "questions" / "manual.parquet")
     skipped = asked.filter(pl.col("status") == "skipped")
     assert skipped.height >= 3 and skipped["error"].str.contains("no prose sentence").all()
@@ -163,7 +169,8 @@ def test_select_and_source_narrow_the_run(tmp_path):
     [
         (
             ["--select", "nope"],
-            "Known assets: base_model, chunks, cot_answers, documents, eval_report, eval_set, fsdp_checkpoint, hf_checkpoint",
+            "Known assets: base_model, chunks, cot_answers, curated_answers, documents, eval_report, eval_set, fsdp_checkpoint, "
+            "hf_checkpoint",
         ),
         (["--source", "nope"], "unknown source nope; sources in"),
         (["--select", "documents++("], "cannot parse --select"),

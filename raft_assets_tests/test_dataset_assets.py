@@ -9,6 +9,7 @@ import polars as pl
 import yaml
 
 from raft_assets.contracts.raft_format import chat_messages, split_instruction, without_document_tags
+from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.dataset.assets import eval_set, raft_dataset
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.retrieval.index import ChunkIndex
@@ -80,8 +81,8 @@ def test_curation_survives_regeneration(sample_pipeline):
     rejected, corrected = first[0]["id"], first[1]["id"]
     curation.write_text(yaml.safe_dump({"reject": [rejected], "corrections": {corrected: "A hand-checked answer."}}))
 
-    for source in SOURCES:  # regenerate questions and answers, then the dataset and the eval set
-        run_assets(project, instance, [questions, cot_answers], source)
+    for source in SOURCES:  # regenerate questions, answers and their curation, then the dataset and the eval set
+        run_assets(project, instance, [questions, cot_answers, curated_answers], source)
     run_assets(
         project,
         instance,

@@ -4,7 +4,7 @@ import dagster as dg
 
 from raft_assets.definitions import OWNERS, defs
 
-TABLES = ["documents", "chunks", "questions", "cot_answers", "eval_set"]
+TABLES = ["documents", "chunks", "questions", "cot_answers", "curated_answers", "eval_set"]
 GPU_ASSETS = {"fsdp_checkpoint", "eval_report"}
 
 

@@ -95,7 +95,7 @@ def test_faults_were_injected_and_survived(pipeline):
 def test_every_file_of_the_contract_exists(pipeline):
     root, _, _, _ = pipeline
     data, checkpoints = root / "generated", root / "checkpoints"
-    for stage in ("documents", "chunks", "questions", "cot_answers"):
+    for stage in ("documents", "chunks", "questions", "cot_answers", "curated_answers"):
         for source in SOURCES:
             assert (data / stage / f"{source}.parquet").is_file(), (stage, source)
     for name in ("raft.jsonl", "raft_train.jsonl", "raft_test.jsonl", "raft_chat.jsonl"):
@@ -128,8 +128,16 @@ def test_counts_add_up_across_stages(pipeline):
     usable = answers.filter((pl.col("status") == "ok") & pl.col("quotes_ok"))
     assert usable.height > 0.8 * asked.height  # the faults cost retries, not answers
 
+    curated = parquet(data, "curated_answers")
+    assert sorted(curated["question_id"]) == sorted(answers["question_id"])  # every question has a row
+    statuses = dict(zip(curated["question_id"], curated["status"], strict=True))
+    # the faults cost retries, not ratings: every answered question is rated, the others skipped
+    assert {statuses[q] for q in answers.filter(pl.col("status") == "ok")["question_id"]} == {"ok"}
+    assert {statuses[q] for q in answers.filter(pl.col("status") != "ok")["question_id"]} <= {"skipped"}
+    kept = set(curated.filter(pl.col("verdict") == "keep")["question_id"])
+    assert 0.3 * curated.height < len(kept) < curated.height  # the generator's ratings reject some
     splits = pl.read_parquet(data / "raft" / "splits.parquet")
-    assert set(splits["question_id"]) == set(usable["question_id"])
+    assert set(splits["question_id"]) == set(usable["question_id"]) & kept
     train, test = jsonl(data / "raft" / "raft_train.jsonl"), jsonl(data / "raft" / "raft_test.jsonl")
     assert len(jsonl(data / "raft" / "raft.jsonl")) == len(train) + len(test)
     assert len(jsonl(data / "raft" / "raft_chat.jsonl")) == len(train) + len(test)
@@ -147,6 +155,8 @@ def test_no_eval_question_comes_from_a_training_document(pipeline):
     }
     assert items
     assert not {item["doc_id"] for item in items} & trained
+    curated = parquet(data, "curated_answers")
+    assert {item["id"] for item in items} <= set(curated.filter(pl.col("verdict") == "keep")["question_id"])
 
 
 def test_the_report_covers_every_configured_system(pipeline):

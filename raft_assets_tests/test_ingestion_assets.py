@@ -6,6 +6,7 @@ import polars as pl
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.partitions import doc_sources
 from raft_assets_tests.conftest import write_sources
+from raft_assets_tests.test_near_duplicates import content, footer
 
 TEXT = "\n\n".join(
     f"Paragraph {i}: FSDP2 shards each decoder layer with fully_shard, and rank {i} gathers the full weights "
@@ -128,3 +129,50 @@ def test_data_version_changes_only_when_the_content_does(project, instance, tmp_
     (folder / "a.md").write_text(f"{TEXT}\n\n{closing * 2}", encoding="utf-8")
     changed = versions()
     assert changed[0] != first[0] and changed[1] != first[1]
+
+
+def test_chunks_keep_boilerplate_once_and_say_so_in_the_metadata(project, instance, tmp_path):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    for page in range(20):
+        (folder / f"page{page:02d}.md").write_text(
+            f"# Page {page}\n\n{content(page)}\n\n{footer(page)}", encoding="utf-8"
+        )
+    add_local_source(project, folder, "site")
+
+    result = materialize(project, instance, "site", {"ops": {"chunks": {"config": {"by_headings": True}}}})
+    assert result.success
+    found = pl.read_parquet(project.stage_file("chunks", "site"))
+    [footer_chunk] = found.filter(pl.col("text").str.contains("Was this page helpful"))["doc_ids"].to_list()
+    docs = pl.read_parquet(project.stage_file("documents", "site"))
+    assert footer_chunk == sorted(docs["doc_id"])  # 20 provenance entries
+    own = found.filter(pl.col("doc_ids").list.len() == 1)["text"]
+    assert own.len() >= 20 and own.str.starts_with("Page ").all()  # by_headings: each starts with its path
+
+    meta = result.asset_materializations_for_node("chunks")[0].metadata
+    assert meta["boilerplate_paragraphs"].value == 20
+    assert meta["merged_near_duplicates"].value == 0
+    assert meta["by_headings"].value is True and meta["near_duplicates"].value is True
+    assert "paragraph" in meta["near_duplicate_examples"].value and "Was this page helpful" in (
+        meta["near_duplicate_examples"].value
+    )
+
+    off = materialize(project, instance, "site", {"ops": {"chunks": {"config": {"near_duplicates": False}}}})
+    assert off.success
+    off_meta = off.asset_materializations_for_node("chunks")[0].metadata
+    assert off_meta["boilerplate_paragraphs"].value == 0
+    assert (
+        pl.read_parquet(project.stage_file("chunks", "site"))["text"].str.contains("Was this page helpful").sum() == 20
+    )
+
+
+def test_chunk_overlap_not_smaller_than_chunk_size_fails_with_the_reason(project, instance, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text(TEXT, encoding="utf-8")
+    add_local_source(project, folder, "docs")
+    run_config = {"ops": {"chunks": {"config": {"chunk_size": 200, "chunk_overlap": 200}}}}
+    result = materialize(project, instance, "docs", run_config)
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    assert "chunk_overlap (200) must be smaller than chunk_size (200)" in str(failure.event_specific_data.error)

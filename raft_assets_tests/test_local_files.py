@@ -54,13 +54,20 @@ def test_each_format_loads_with_title_and_text(tmp_path):
         assert "8,192 tokens" in doc.text
 
 
-def test_html_drops_navigation_header_lists_and_scripts(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("main_content", f"# Serving\n\n{PARAGRAPH}\n\nUse `vllm serve` to start an OpenAI-compatible server."),
+        ("reference", f"Serving\n{PARAGRAPH}\nUse vllm serve to start\nan OpenAI-compatible server."),
+    ],
+)
+def test_html_drops_navigation_header_lists_and_scripts(tmp_path, mode, expected):
     (tmp_path / "page.html").write_text(HTML_PAGE, encoding="utf-8")
-    page = load(tmp_path)["page.html"]
+    page = load(tmp_path, html_extraction=mode)["page.html"]
     assert page.title == "Serving guide"
     for chrome in ("SHOULD_NOT_APPEAR", "NAV_LINK", "LIST_CHROME", "tracking"):
         assert chrome not in page.text
-    assert "Use vllm serve to start\nan OpenAI-compatible server." in page.text
+    assert page.text == expected
 
 
 def test_bad_files_become_rows_with_a_reason_and_good_files_still_load(tmp_path):

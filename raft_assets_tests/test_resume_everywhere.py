@@ -64,7 +64,7 @@ RUN_CONFIG = {
     }
 }
 JUDGE_HOLD_AFTER = 4  # judge replies before the judge holds the rest: the run is then inside eval_report
-TABLES = ("documents", "chunks", "questions", "cot_answers")
+TABLES = ("documents", "chunks", "questions", "cot_answers", "curated_answers")
 PAGES = {
     "/guides/accumulation.html": (
         "Gradient accumulation",
@@ -524,8 +524,8 @@ def test_evaluation_killed_while_judging_asks_nothing_twice_and_writes_the_same_
     space, reference_generator, reference_judge = reference.space, reference.generator, reference.judge
     assert sum(run.judge_at_kill.values()) >= JUDGE_HOLD_AFTER  # killed while judging, before the report
     assert sum(reference_judge.values()) > sum(run.judge_at_kill.values()) and not run.report_at_kill
-    # Every generator request (questions, CoT answers, the reference system's answers) was answered before the kill,
-    # and none again after it; no judge request answered before the kill was asked again.
+    # Every generator request (questions, CoT answers, ratings, the reference system's answers) was answered before
+    # the kill, and none again after it; no judge request answered before the kill was asked again.
     assert run.generator_at_kill[2] == run.generator == reference_generator
     assert all(run.judge[fingerprint] == 1 for fingerprint in run.judge_at_kill)
     # Over the four runs, generator and judge answered exactly the requests of the uninterrupted run, each once.

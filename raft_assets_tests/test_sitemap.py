@@ -54,7 +54,7 @@ def test_sitemap_pages_load_and_every_failure_is_a_row_with_its_reason(server):
     docs = {doc.uri: doc for doc in load.documents}
 
     assert docs[server.url("/guide.html")].title == "Guide"
-    assert docs[server.url("/guide.html")].text == "Guide\nFSDP shards parameters across ranks."
+    assert docs[server.url("/guide.html")].text == "# Guide\n\nFSDP shards parameters across ranks."
     assert "torchrun sets RANK" in docs[server.url("/old")].text
     assert docs[server.url("/missing.html")].error == "HTTP 404 Not Found"
     assert docs[server.url("/image.png")].error == "not an HTML page (Content-Type image/png)"

@@ -19,6 +19,7 @@ import pytest
 
 from raft_assets.contracts.raft_format import question_key
 from raft_assets.dataset.checks import text_key
+from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
@@ -48,7 +49,7 @@ def twice_sourced(tmp_path_factory):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(doc_sources.name, SOURCES)
         for source in SOURCES:
-            run_assets(project, instance, [documents, chunks, questions, cot_answers], source)
+            run_assets(project, instance, [documents, chunks, questions, cot_answers, curated_answers], source)
         result = run_assets(
             project,
             instance,

@@ -222,7 +222,7 @@ def add_result(
                 "check failed" if key in failed_checks else "materialized",
                 rows=rows.value if rows else None,
                 path=display_path(path.value) if path else None,
-                note="by the extractive stand-in" if "stand_in" in materialization.metadata else None,
+                note="by a stand-in" if "stand_in" in materialization.metadata else None,
             )
         )
 

@@ -5,6 +5,7 @@
         chunks/<source>.parquet               chunks
         questions/<source>.parquet            questions
         cot_answers/<source>.parquet          cot_answers
+        curated_answers/<source>.parquet      curated_answers, and <source>.scores.png: its score histogram
         index/                                retrieval_index (`.index.pending/` while it is built)
         raft/raft.jsonl, raft_train.jsonl,    raft_dataset, and splits.parquet: every sample's split
              raft_test.jsonl, raft_chat.jsonl
@@ -62,6 +63,10 @@ class Layout:
                 "it is never used as a file name. Remove that partition of doc_sources."
             )
         return self.data_dir / stage / f"{source}.parquet"
+
+    def curation_histogram(self, source: str) -> Path:
+        """The score histogram of one source's `curated_answers`, beside its table."""
+        return self.stage_file("curated_answers", source).with_suffix(".scores.png")
 
     def stage_sources(self, stage: str) -> list[str]:
         """The sources that have a file of `stage`, whatever the partitions say (for readers outside a run)."""

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _SOURCE_NAME = re.compile(SOURCE_NAME_PATTERN)
 DEFAULT_INCLUDE = ["**/*.md", "**/*.markdown", "**/*.txt", "**/*.html", "**/*.htm", "**/*.pdf"]
+# How an HTML page becomes text: its main content (trafilatura), or the reference recipe's cleaning.
+HtmlExtraction = Literal["main_content", "reference"]
 
 
 class SourcesError(ValueError):
@@ -29,6 +31,13 @@ class _Source(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=SOURCE_NAME_PATTERN)
+    html_extraction: HtmlExtraction = Field(
+        default="main_content",
+        description="How HTML pages become text. `main_content`: the page's main content only (no sidebars, search "
+        "boxes, navigation, footers, heading permalinks), headings as `#` lines, lists as `- ` lines, table rows, code "
+        "blocks verbatim in ``` fences. `reference`: the reference recipe's cleaning (drops <nav>, <header>, "
+        "div[role=list], scripts and styles; keeps every other text, one line per block).",
+    )
 
 
 class LocalSource(_Source):

@@ -46,7 +46,8 @@ CHUNK_COLUMNS = {
     "source": "The source (partition) of that document.",
     "position": "Its place among that document's chunks, from 0.",
     "text": "The chunk: the oracle document of its questions.",
-    "doc_ids": "Every document of the source that holds this exact text.",
+    "doc_ids": "Every document of the source that holds this text, a near duplicate of it, or (a boilerplate chunk) "
+    "this paragraph.",
 }
 
 EXTRACTIVE_MODEL = "extractive"  # the `model` of questions and answers written without a model (the stand-in)
@@ -80,6 +81,28 @@ GENERATION_COLUMNS = {
     "answer": "The final answer, after `<ANSWER>:`.",
     "quotes_ok": "Every quote appears verbatim in the chunk.",
     "attempts": "Requests made for this answer (malformed replies are asked again).",
+}
+
+HEURISTIC_CURATOR = "heuristic"  # the `judge_model` of ratings given without a model (the curation stand-in)
+KEEP, REJECT = "keep", "reject"  # the verdicts of curated_answers: raft_dataset and eval_set use the kept questions
+CURATED_SCHEMA = {
+    "question_id": pl.String,
+    "score": pl.Int8,
+    "verdict": pl.String,
+    "reasons": pl.List(pl.String),
+    "judge_model": pl.String,
+    "status": pl.String,
+    "error": pl.String,
+}
+CURATED_COLUMNS = {
+    "question_id": "The question rated (every question of `cot_answers` has a row).",
+    "score": "1 (useless) to 10 (excellent) on the rubric; empty when the question was not rated.",
+    "verdict": "`keep` (rated ok, score at least `min_score`, no better-rated near-duplicate) or `reject`.",
+    "reasons": "The rubric's reason codes (`curation.rubric.REASONS`), `near_duplicate` with the question kept "
+    "instead, then the rater's comment when it made one.",
+    "judge_model": "The model that rated it (`heuristic` without an endpoint).",
+    "status": "`ok`, `skipped` (its answer failed in `cot_answers`: nothing to rate), or the kind of failure.",
+    "error": "The failure's (or the skip's) reason; empty when ok.",
 }
 
 # eval_set.json as a table (each item has more fields; these are the ones a reviewer reads).

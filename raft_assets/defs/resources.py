@@ -1,4 +1,5 @@
-"""The resources every stage shares: where the project's files are (`paths`) and the model endpoints (`llm`, `judge`).
+"""The resources every stage shares: where the project's files are (`paths`) and the model endpoints (`llm`, `judge`,
+`curator`).
 
 Their defaults come from the `RAFT_*` variables (`raft_assets.settings`); an API key is passed as `dg.EnvVar`, so
 the UI and the run config show the variable's name, never the key.

@@ -13,7 +13,8 @@ from typing import Any
 from raft_assets.contracts.prompts import Prompt
 from raft_assets.contracts.raft_format import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
 from raft_assets.contracts.tables import EXTRACTIVE_MODEL
-from raft_assets.llm.client import ChatReply, Plan, RequestFailed, Usage
+from raft_assets.llm.asking import StandIn
+from raft_assets.llm.client import ChatReply, RequestFailed
 
 STAND_IN_NOTE = (
     "no generator endpoint is configured (RAFT_LLM_BASE_URL), so the extractive stand-in writes the questions and "
@@ -113,14 +114,9 @@ def best_sentence(question: str, context: str) -> str | None:
     return max(candidates, key=lambda s: len(wanted & set(_WORD.findall(s.lower()))))
 
 
-class ExtractiveBackend:
+class ExtractiveBackend(StandIn):
     model = EXTRACTIVE_MODEL
-
-    def __init__(self) -> None:
-        self.usage = Usage()  # stays zero: nothing is sent, nothing is paid
-
-    def plan(self, prompt: Prompt, batch: list[dict[str, Any]]) -> Plan:
-        return Plan(len(batch), 0, 0)
+    stand_in = STAND_IN_NOTE
 
     async def reply(self, prompt: Prompt, values: dict[str, Any], params: dict[str, Any]) -> ChatReply:
         """The stand-in's reply; an item without a prose sentence to quote (a chunk of source code, a table) is

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
+import functools
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from bs4 import BeautifulSoup
-from pypdf import PdfReader
-
-from raft_assets.contracts.sources import LocalSource, SourcesError
+from raft_assets.contracts.sources import HtmlExtraction, LocalSource, SourcesError
 from raft_assets.hashing import content_hash, files_fingerprint
-from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
-from raft_assets.ingestion.loaded import DocumentError, LoadedDocument, opening
+from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, extract_page
+from raft_assets.ingestion.loaded import DocumentError, LoadedDocument
+from raft_assets.ingestion.pdf import read_pdf
 
 _MARKDOWN_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _SNIFF_BYTES = 8192
@@ -24,8 +22,7 @@ def load_folder(source: LocalSource) -> list[LoadedDocument]:
     """One `LoadedDocument` per matching file, in path order; unreadable files carry their error."""
     if not source.path.is_dir():
         raise SourcesError(f"Folder {source.path} of source {source.name!r} does not exist.")
-    max_bytes = int(source.max_file_mb * 1_000_000)
-    return [load_file(path, source.path, max_bytes) for path in matching_files(source)]
+    return [load_file(path, source) for path in matching_files(source)]
 
 
 def matching_files(source: LocalSource) -> list[Path]:
@@ -46,15 +43,17 @@ def matching_files(source: LocalSource) -> list[Path]:
 
 
 def folder_fingerprint(source: LocalSource) -> str:
-    """A hash of the matching files' names, sizes and modification times: it changes when a file does."""
+    """A hash of the matching files' names, sizes and modification times, and of how HTML is read: it changes when
+    a file does, or the source's `html_extraction`."""
     if not source.path.is_dir():
         return content_hash("missing folder")
-    return files_fingerprint(source.path, matching_files(source))
+    return content_hash(files_fingerprint(source.path, matching_files(source)), source.html_extraction)
 
 
-def load_file(path: Path, root: Path, max_bytes: int) -> LoadedDocument:
-    uri = path.relative_to(root).as_posix()
-    reader = _READERS.get(path.suffix.lower())
+def load_file(path: Path, source: LocalSource) -> LoadedDocument:
+    uri = path.relative_to(source.path).as_posix()
+    max_bytes = int(source.max_file_mb * 1_000_000)
+    reader = _readers(source.html_extraction).get(path.suffix.lower())
     if reader is None:
         return LoadedDocument.failed(uri, f"unsupported file type {path.suffix or '(none)'!r}")
     try:
@@ -101,50 +100,24 @@ def _read_plain_text(path: Path) -> tuple[str, str]:
     return first_line[:120], text
 
 
-def _read_html(path: Path) -> tuple[str, str]:
+def _read_html(path: Path, mode: HtmlExtraction) -> tuple[str, str]:
     data = path.read_bytes()
     if b"\x00" in data[:_SNIFF_BYTES]:
         raise DocumentError("binary content (NUL bytes) in an HTML file")
-    soup = BeautifulSoup(data, "lxml")
-    title = page_title(soup)
-    text = page_text(soup)
-    if not text:
+    page = extract_page(data, mode)
+    if not page.text:
         raise DocumentError(NO_TEXT_IN_PAGE)
-    return title, text
+    return page.title, page.text
 
 
-def _read_pdf(path: Path) -> tuple[str, str]:
-    data = path.read_bytes()
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise DocumentError("encrypted PDF")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        title = (reader.metadata.title if reader.metadata else None) or ""
-    except (DocumentError, OSError):
-        raise
-    except Exception as error:  # pypdf raises many exception types on malformed files
-        raise DocumentError(f"not a readable PDF: {_pdf_damage(data, error)}") from None
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
-    if not text:
-        raise DocumentError("PDF has no extractable text (scanned images?)")
-    return str(title).strip(), text
-
-
-def _pdf_damage(data: bytes, error: Exception) -> str:
-    """What is wrong with a PDF that pypdf could not read: not a PDF at all, cut short, or damaged inside."""
-    if b"%PDF-" not in data[:1024]:
-        return f"no %PDF- header, so not a PDF at all (it starts with {opening(data)})"
-    if b"%%EOF" not in data[-1024:]:
-        return f"truncated, no %%EOF end marker ({type(error).__name__}: {error})"
-    return f"{type(error).__name__}: {error}"
-
-
-_READERS: dict[str, Callable[[Path], tuple[str, str]]] = {
-    ".md": _read_markdown,
-    ".markdown": _read_markdown,
-    ".txt": _read_plain_text,
-    ".html": _read_html,
-    ".htm": _read_html,
-    ".pdf": _read_pdf,
-}
+def _readers(html_extraction: HtmlExtraction) -> dict[str, Callable[[Path], tuple[str, str]]]:
+    """The reader of each file extension; HTML in the source's extraction mode."""
+    read_html = functools.partial(_read_html, mode=html_extraction)
+    return {
+        ".md": _read_markdown,
+        ".markdown": _read_markdown,
+        ".txt": _read_plain_text,
+        ".html": read_html,
+        ".htm": read_html,
+        ".pdf": read_pdf,
+    }

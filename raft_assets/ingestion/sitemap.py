@@ -26,7 +26,7 @@ import requests
 from bs4 import BeautifulSoup
 
 from raft_assets.contracts.sources import SitemapSource
-from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, page_text, page_title
+from raft_assets.ingestion.html import NO_TEXT_IN_PAGE, extract_page
 from raft_assets.ingestion.loaded import LoadedDocument, opening
 
 USER_AGENT = "raft-assets-sitemap-loader/0.1"
@@ -105,7 +105,7 @@ class PoliteSitemapLoader(SitemapLoader):
         listed = list(dict.fromkeys(entry["loc"] for entry in self.parse_sitemap(soup) if "loc" in entry))
         allowed = [url for url in listed if self.host_allowed(url)]
         to_fetch = allowed[: self.source.max_pages]
-        pages = self.scrape_all(to_fetch, parser="lxml")
+        pages = asyncio.run(self.fetch_all(to_fetch))  # the pages' HTML; a failed page's reason is in page_errors
         return SitemapLoad(
             documents=[self._document(url, page) for url, page in zip(to_fetch, pages, strict=True)],
             off_host=[url for url in listed if not self.host_allowed(url)],
@@ -133,14 +133,13 @@ class PoliteSitemapLoader(SitemapLoader):
             return response.content
         raise requests.RequestException(f"more than {MAX_REDIRECTS} redirects")
 
-    def _document(self, url: str, page: BeautifulSoup) -> LoadedDocument:
+    def _document(self, url: str, html: str) -> LoadedDocument:
         if url in self.page_errors:
             return LoadedDocument.failed(url, self.page_errors[url])
-        title = page_title(page)
-        text = page_text(page)
-        if not text:
+        page = extract_page(html, self.source.html_extraction)
+        if not page.text:
             return LoadedDocument.failed(url, NO_TEXT_IN_PAGE)
-        return LoadedDocument(uri=url, title=title or url, text=text)
+        return LoadedDocument(uri=url, title=page.title or url, text=page.text)
 
     async def _fetch_with_rate_limit(self, url: str, semaphore: asyncio.Semaphore) -> str:
         async with semaphore:

@@ -1,7 +1,7 @@
 """Asking a model for a reply that parses: the same request again, with a new seed, until one does.
 
-A `Replier` is what answers: an endpoint's `ChatClient`, or a stand-in with the same interface (the extractive
-generator). An `Outcome` is what an item ends as: its parsed value, or the status and reason it has none.
+A `Replier` is what answers: an endpoint's `ChatClient`, or a `StandIn` with the same interface (the extractive
+generator, the heuristic curator). An `Outcome` is what an item ends as: its parsed value, or the status and reason it has none.
 """
 
 from __future__ import annotations
@@ -17,14 +17,30 @@ T = TypeVar("T")
 
 
 class Replier(Protocol):
-    """What generates replies: the `llm` endpoint's ChatClient, or the extractive stand-in."""
+    """What generates replies: an endpoint's ChatClient, or a stand-in (the extractive generator, the heuristic
+    curator)."""
 
     model: str
     usage: Usage
+    stand_in: str | None  # what a stand-in is and why it runs instead of a model; None for an endpoint
 
     def plan(self, prompt: Prompt, batch: list[dict[str, Any]]) -> Plan: ...
 
     async def reply(self, prompt: Prompt, values: dict[str, Any], params: dict[str, Any]) -> ChatReply: ...
+
+
+class StandIn:
+    """A model-free Replier for offline runs: it sends nothing and pays nothing. A subclass names its `model`, says
+    what it is in `stand_in` (logged and kept in the metadata) and writes the replies (`reply`)."""
+
+    model: str
+    stand_in: str
+
+    def __init__(self) -> None:
+        self.usage = Usage()  # stays zero
+
+    def plan(self, prompt: Prompt, batch: list[dict[str, Any]]) -> Plan:
+        return Plan(len(batch), 0, 0)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,8 @@ def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> st
 class ChatClient:
     """Sends chat requests for one materialization; use as `async with`, inside the event loop."""
 
+    stand_in = None  # a model answers
+
     def __init__(self, config: Endpoint, cache: ReplyCache) -> None:
         self.config = config
         self.model = config.model

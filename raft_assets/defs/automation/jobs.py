@@ -2,12 +2,13 @@
 
 import dagster as dg
 
+from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 
 per_source_job = dg.define_asset_job(
     "per_source_job",
-    selection=dg.AssetSelection.assets(documents, chunks, questions, cot_answers),
+    selection=dg.AssetSelection.assets(documents, chunks, questions, cot_answers, curated_answers),
     description="Every per-source asset, for one source (a new source's first run).",
 )
 

@@ -22,7 +22,8 @@ from raft_assets.dataset.checks import EXAMPLES, SplitContents, describe_overlap
 from raft_assets.dataset.distractors import NotEnoughDocuments
 from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
-from raft_assets.dataset.samples import load_samples
+from raft_assets.dataset.samples import curated_answers, load_samples
+from raft_assets.defs.curation.assets import curated_answers as curated_answers_asset
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.launchpad import config_class
@@ -55,19 +56,30 @@ class EvalSetConfig(dg.Config):
 @dg.asset(
     group_name="dataset",
     kinds={"python", "jsonl"},
-    deps=[every_source(chunks), every_source(questions), every_source(cot_answers), retrieval_index, base_model],
+    deps=[
+        every_source(chunks),
+        every_source(questions),
+        every_source(cot_answers),
+        every_source(curated_answers_asset),
+        retrieval_index,
+        base_model,
+    ],
 )
 def raft_dataset(
     context: dg.AssetExecutionContext, config: RaftDatasetConfig, paths: ProjectPaths
 ) -> dg.MaterializeResult:
-    """RAFT records in the seed's `hf` format (and as chat messages), split by document into train and test."""
+    """RAFT records in the seed's `hf` format (and as chat messages), split by document into train and test, from
+    the questions that curation kept."""
     options = DatasetOptions(**config.model_dump())
     layout = paths.layout
-    samples, passages = load_samples(
+    samples, passages, curated = load_samples(
         layout, context.instance.get_dynamic_partitions(doc_sources.name), options.require_quotes_ok
     )
     if not samples:
-        raise dg.Failure("No answered question to build records from: materialize cot_answers first.")
+        raise dg.Failure(
+            f"No answered question that curation kept to build records from ({curated.dropped} dropped by "
+            "curation): materialize cot_answers and curated_answers first."
+        )
     model = read_pointer(layout)
     lengths = TokenLengths(load_tokenizer(model), options.context_length or model.context_length)
     neighbours = None
@@ -97,6 +109,7 @@ def raft_dataset(
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
             "distinct_questions": len(samples),
+            "dropped_by_curation": curated.dropped,
             **{f"{split}_documents": built.documents_per_split[split] for split in SPLITS},
             **({"split_warning": "; ".join(small)} if small else {}),
             NUM_DISTRACTORS: options.num_distractors,
@@ -165,22 +178,29 @@ def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPa
     group_name="dataset",
     kinds={"python", "json"},
     metadata={"dagster/column_schema": column_schema(EVAL_SCHEMA, EVAL_COLUMNS)},
-    deps=[raft_dataset, every_source(questions), every_source(cot_answers), every_source(documents)],
+    deps=[
+        raft_dataset,
+        every_source(questions),
+        every_source(cot_answers),
+        every_source(curated_answers_asset),
+        every_source(documents),
+    ],
 )
 def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: ProjectPaths) -> dg.MaterializeResult:
-    """Question/answer pairs from the eval documents, filtered for quality and curated by hand."""
+    """Question/answer pairs from the eval documents, of the questions curation kept, filtered for quality and
+    curated by hand."""
     sources = context.instance.get_dynamic_partitions(doc_sources.name)
     manifest = pl.read_parquet(paths.layout.splits_file)
-    answers = read_all_partitions(paths.layout, "cot_answers", sources).filter(pl.col("status") == "ok")
-    writers = read_all_partitions(paths.layout, "questions", sources, ["question_id", "model"])
-    candidates = (
-        manifest.filter(pl.col("split") == "eval")
-        .join(
-            answers.unique("question_id", keep="first").select("question_id", "answer", "quotes_ok"), on="question_id"
-        )
-        .join(writers.unique("question_id", keep="first"), on="question_id")
+    curated = curated_answers(paths.layout, sources, read_all_partitions(paths.layout, "cot_answers", sources))
+    writers = read_all_partitions(paths.layout, "questions", sources, ["question_id", "model", "chunk_id"])
+    answers = curated.answers.unique("question_id", keep="first").select("question_id", "answer", "quotes_ok")
+    eval_rows = manifest.filter(pl.col("split") == "eval")
+    candidates = eval_rows.join(answers, on="question_id").join(
+        writers.unique("question_id", keep="first").drop("chunk_id"), on="question_id"
     )
     corpus = read_corpus(paths.layout, sources)
+    eval_documents = corpus.filter(pl.col("doc_id").is_in(eval_rows["doc_id"].implode())).select("chunk_id")
+    dropped = curated.dropped_ids.join(writers, on="question_id").join(eval_documents, on="chunk_id", how="semi")
     chunk_texts = dict(zip(corpus["chunk_id"], corpus["text"].map_elements(without_document_tags), strict=True))
     curation = Curation.load(Path(config.curation_file))
     items, reasons = build_eval_set(candidates, chunk_texts, config.size, config.seed, curation)
@@ -198,6 +218,7 @@ def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: Pr
         metadata={
             **table_metadata(frame, path, EVAL_COLUMNS),
             "candidates": candidates.height,
+            "dropped_by_curation": dropped["question_id"].n_unique(),
             "documents": documents_spanned,
             "corrected": sum(item["corrected"] for item in items),
             **{f"filtered: {reason}": count for reason, count in sorted(reasons.items())},

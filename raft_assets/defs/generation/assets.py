@@ -3,8 +3,9 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import polars as pl
@@ -12,7 +13,6 @@ from pydantic import Field
 
 from raft_assets.contracts.tables import (
     ANSWER_SCHEMA,
-    EXTRACTIVE_MODEL,
     GENERATION_COLUMNS,
     QUESTION_SCHEMA,
     read_parquet,
@@ -22,13 +22,15 @@ from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.metadata import column_schema, failure_rate_result, markdown_preview, table_metadata
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import LLMResource, ProjectPaths
-from raft_assets.generation.extractive import STAND_IN_NOTE, ExtractiveBackend
+from raft_assets.generation.extractive import ExtractiveBackend
 from raft_assets.generation.progress import NOT_FAILED, StageProgress
 from raft_assets.generation.tasks import generate_answers, generate_questions
 from raft_assets.hashing import content_hash
 from raft_assets.llm.asking import Replier
 from raft_assets.llm.client import EndpointUnusable
 from raft_assets.llm.reply_cache import ReplyCache
+
+T = TypeVar("T")
 
 
 class GenerationConfig(dg.Config):
@@ -51,36 +53,43 @@ def failure_rate_check(asset: str) -> dg.AssetCheckSpec:
 
 
 @asynccontextmanager
-async def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AsyncIterator[Replier]:
-    """The `llm` endpoint with the on-disk reply cache, or the extractive generator when none is set."""
-    if not llm.configured:
-        yield ExtractiveBackend()
+async def replier(
+    endpoint: LLMResource | None, stand_in: Callable[[], Replier], paths: ProjectPaths
+) -> AsyncIterator[Replier]:
+    """The endpoint's client with the on-disk reply cache, or the stand-in when there is no endpoint."""
+    if endpoint is None:
+        yield stand_in()
         return
     cache = ReplyCache(paths.layout.reply_cache_file)
     try:
-        async with llm.client(cache) as client:
+        async with endpoint.client(cache) as client:
             yield client
     finally:
         cache.close()
 
 
-def generate(
+def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AbstractAsyncContextManager[Replier]:
+    """The `llm` endpoint, or the extractive generator when none is set."""
+    return replier(llm if llm.configured else None, ExtractiveBackend, paths)
+
+
+def run_requests(
     context: dg.AssetExecutionContext,
     config: GenerationConfig,
-    llm: LLMResource,
-    paths: ProjectPaths,
+    backend: AbstractAsyncContextManager[Replier],
+    role: str,
     total: int,
-    work: Callable[[Replier, StageProgress], Awaitable[pl.DataFrame]],
-) -> tuple[pl.DataFrame, dict]:
-    """Run one stage's requests in an event loop; return its table and the metadata of the run."""
+    work: Callable[[Replier, StageProgress], Awaitable[T]],
+) -> tuple[T, dict]:
+    """Run one stage's requests (`total` items) in an event loop; return the work's result and the metadata of the
+    run: the model under `role` ("generator", "curator"), the stand-in's note when one ran, time, usage."""
     stage = f"{context.asset_key.to_user_string()}[{context.partition_key}]"
 
-    if not llm.configured:
-        context.log.warning(f"{stage}: {STAND_IN_NOTE}")
-
-    async def run() -> tuple[pl.DataFrame, dict]:
-        async with generation_backend(llm, paths) as backend:
-            usage = backend.usage
+    async def run() -> tuple[T, dict]:
+        async with backend as replier:
+            if replier.stand_in:
+                context.log.warning(f"{stage}: {replier.stand_in}")
+            usage = replier.usage
             progress = StageProgress(
                 stage,
                 total,
@@ -89,11 +98,11 @@ def generate(
                 lambda: usage.prompt_tokens + usage.completion_tokens,
             )
             started = time.monotonic()
-            frame = await work(backend, progress)
+            result = await work(replier, progress)
             seconds = time.monotonic() - started
-            return frame, {
-                "generator": backend.model,
-                **({"stand_in": STAND_IN_NOTE} if backend.model == EXTRACTIVE_MODEL else {}),
+            return result, {
+                role: replier.model,
+                **({"stand_in": replier.stand_in} if replier.stand_in else {}),
                 "seconds": round(seconds, 2),
                 "items_per_second": round(total / seconds, 2) if seconds else 0.0,
                 **usage.metadata(),
@@ -102,7 +111,7 @@ def generate(
     try:
         return asyncio.run(run())
     except EndpointUnusable as error:
-        raise dg.Failure(f"{stage}: the generator endpoint cannot be used: {error}. Nothing was sent.") from None
+        raise dg.Failure(f"{stage}: the {role} endpoint cannot be used: {error}. Nothing was sent.") from None
 
 
 def generation_result(
@@ -148,11 +157,11 @@ def questions(
     """`questions_per_chunk` search-style questions for every chunk, from the `llm` model."""
     source = context.partition_key
     chunk_frame = read_parquet(paths.stage_file("chunks", source), "chunks")
-    frame, run_metadata = generate(
+    frame, run_metadata = run_requests(
         context,
         config,
-        llm,
-        paths,
+        generation_backend(llm, paths),
+        "generator",
         chunk_frame.height,
         lambda backend, progress: generate_questions(
             backend, chunk_frame, config.questions_per_chunk, config.max_attempts, progress
@@ -186,11 +195,11 @@ def cot_answers(
     chunk_frame = read_parquet(paths.stage_file("chunks", source), "chunks")
     chunk_texts = dict(zip(chunk_frame["chunk_id"], chunk_frame["text"], strict=True))
     pending = int((question_frame["status"] == "ok").sum())
-    frame, run_metadata = generate(
+    frame, run_metadata = run_requests(
         context,
         config,
-        llm,
-        paths,
+        generation_backend(llm, paths),
+        "generator",
         pending,
         lambda backend, progress: generate_answers(backend, question_frame, chunk_texts, config.max_attempts, progress),
     )

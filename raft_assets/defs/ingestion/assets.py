@@ -13,11 +13,12 @@ from raft_assets.contracts.tables import (
     read_parquet,
     write_parquet,
 )
+from raft_assets.defs.launchpad import config_class
 from raft_assets.defs.metadata import column_schema, failure_rate_result, markdown_preview, table_metadata
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.hashing import content_hash
-from raft_assets.ingestion.chunking import SEPARATORS, split_documents
+from raft_assets.ingestion.chunking import SEPARATORS, ChunkingOptions, split_documents
 from raft_assets.ingestion.documents import load_source
 from raft_assets.ingestion.local_files import folder_fingerprint
 
@@ -31,10 +32,7 @@ class DocumentsConfig(dg.Config):
     )
 
 
-class ChunksConfig(dg.Config):
-    chunk_size: int = Field(default=1000, gt=0, description="Characters per chunk (not tokens), as the reference.")
-    chunk_overlap: int = Field(default=100, ge=0, description="Characters shared by neighbouring chunks.")
-    min_chunk_chars: int = Field(default=100, ge=0, description="Chunks of this many characters or fewer are dropped.")
+ChunksConfig = config_class("ChunksConfig", ChunkingOptions)
 
 
 def no_documents_reason(source: str, failed: pl.DataFrame) -> str:
@@ -80,6 +78,7 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
         metadata={
             **table_metadata(frame, path, DOCUMENT_COLUMNS),
             "kind": spec.kind,
+            "html_extraction": spec.html_extraction,
             **({FILES_FINGERPRINT: fingerprint} if fingerprint else {}),
             "loaded": loaded,
             "failed": failed.height,
@@ -112,33 +111,43 @@ def documents(context: dg.AssetExecutionContext, config: DocumentsConfig, paths:
     metadata={"dagster/column_schema": column_schema(CHUNK_SCHEMA, CHUNK_COLUMNS)},
 )
 def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: ProjectPaths) -> dg.MaterializeResult:
-    """Documents split with `RecursiveCharacterTextSplitter`; short chunks dropped, repeated texts kept once."""
-    if config.chunk_overlap >= config.chunk_size:
-        raise dg.Failure(
-            f"chunk_overlap ({config.chunk_overlap}) must be smaller than chunk_size ({config.chunk_size})."
-        )
+    """Documents split with `RecursiveCharacterTextSplitter`; short chunks dropped, repeated texts, boilerplate
+    paragraphs and near-duplicate chunks kept once with every document that holds them."""
+    try:
+        options = ChunkingOptions(**config.model_dump())
+    except ValueError as error:
+        raise dg.Failure(str(error)) from None
     source = context.partition_key
     documents_frame = read_parquet(paths.stage_file("documents", source), "documents")
-    result = split_documents(documents_frame, config.chunk_size, config.chunk_overlap, config.min_chunk_chars)
+    result = split_documents(documents_frame, options)
     frame = result.chunks
     path = paths.stage_file("chunks", source)
     write_parquet(frame, path)
 
     lengths = frame["text"].str.len_chars()
-    context.log.info(f"{source}: {frame.height} chunks from {frame['doc_id'].n_unique()} documents")
+    context.log.info(
+        f"{source}: {frame.height} chunks from {frame['doc_id'].n_unique()} documents; "
+        f"{result.boilerplate_paragraphs} boilerplate paragraphs and {result.merged_near_duplicates} near-duplicate "
+        "chunks kept once"
+    )
     return dg.MaterializeResult(
         metadata={
             **table_metadata(frame, path, CHUNK_COLUMNS),
             "documents_chunked": frame["doc_id"].n_unique(),
             "dropped_short": result.dropped_short,
             "merged_duplicates": result.merged_duplicates,
+            "boilerplate_paragraphs": result.boilerplate_paragraphs,
+            "merged_near_duplicates": result.merged_near_duplicates,
             "chunks_in_several_documents": int((frame["doc_ids"].list.len() > 1).sum()),
             "mean_chunk_chars": float(lengths.mean() or 0.0),
             "max_chunk_chars": int(lengths.max() or 0),
-            "chunk_size": config.chunk_size,
-            "chunk_overlap": config.chunk_overlap,
+            "chunk_size": options.chunk_size,
+            "chunk_overlap": options.chunk_overlap,
+            "by_headings": options.by_headings,
+            "near_duplicates": options.near_duplicates,
             "separators": repr(SEPARATORS),
             "preview": markdown_preview(frame.select("chunk_id", "position", "text")),
+            "near_duplicate_examples": markdown_preview(result.examples(), rows=10),
         },
         data_version=dg.DataVersion(content_hash(*frame["chunk_id"])),
     )
