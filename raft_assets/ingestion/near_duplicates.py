@@ -55,7 +55,7 @@ def _word_hash(word: str) -> int:
 def shingles(text: str) -> np.ndarray:
     """The text's word 3-shingles (a shorter text: its words as one shingle), lowercased, as sorted distinct
     32-bit hashes: hashing each word once and combining them is several times faster than hashing each shingle."""
-    words = np.fromiter((_word_hash(word) for word in WORD.findall(text.lower())), dtype=np.uint64)
+    words = np.fromiter(map(_word_hash, WORD.findall(text.lower())), dtype=np.uint64)
     width = min(SHINGLE_WORDS, len(words))
     combined = np.zeros(len(words) - width + 1, dtype=np.uint64)
     for offset in range(width):
@@ -93,23 +93,42 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float) -> list[list[i
         raise ValueError(f"threshold must be in (0, 1], not {threshold}.")
     from datasketch import MinHashLSH
 
-    sketches = [sketch(shingles(text)) for text in texts]  # shingle sets are not kept: they take much memory
+    # datasketch chooses the bands and rows that minimise the weighted error at the threshold; the buckets are
+    # then found on the whole signature matrix at once, several times faster than its hash tables, text by text.
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS)
-    with lsh.insertion_session() as session:
-        for index, minhash in enumerate(sketches):
-            session.insert(index, minhash, check_duplication=False)
+    signatures = np.array([sketch(shingles(text)).hashvalues for text in texts], dtype=np.uint64)
+    buckets = shared_buckets(signatures.reshape(len(texts), NUM_PERM), lsh.b, lsh.r)
+    buckets_of: dict[int, list[int]] = {}
+    for number, bucket in enumerate(buckets):
+        for index in bucket.tolist():
+            buckets_of.setdefault(index, []).append(number)
     grouped: set[int] = set()
     groups: list[list[int]] = []
-    for first, minhash in enumerate(sketches):
-        if first in grouped:
+    for first in range(len(texts)):
+        if first in grouped or first not in buckets_of:
             continue
         grouped.add(first)
-        candidates = [other for other in lsh.query(minhash) if other not in grouped]
+        candidates = {other for number in buckets_of[first] for other in buckets[number].tolist()} - grouped
         if not candidates:
             continue
-        kept = shingles(texts[first])
+        kept = shingles(texts[first])  # shingle sets are not kept for every text: they take much memory
         members = sorted(other for other in candidates if jaccard(kept, shingles(texts[other])) >= threshold)
         if members:
             grouped.update(members)
             groups.append([first, *members])
     return groups
+
+
+def shared_buckets(signatures: np.ndarray, bands: int, rows: int) -> list[np.ndarray]:
+    """LSH buckets holding more than one text: for each of `bands` bands of `rows` MinHash values, the indices of
+    the texts whose values in that band are all equal (a candidate pair shares at least one bucket)."""
+    buckets: list[np.ndarray] = []
+    for band in range(bands):
+        block = np.ascontiguousarray(signatures[:, band * rows : (band + 1) * rows])
+        _, labels, counts = np.unique(block, axis=0, return_inverse=True, return_counts=True)
+        labels = labels.reshape(-1)
+        shared = np.flatnonzero(counts[labels] > 1)
+        ordered = shared[np.argsort(labels[shared], kind="stable")]
+        starts = np.flatnonzero(np.diff(labels[ordered])) + 1
+        buckets += np.split(ordered, starts) if ordered.size else []
+    return buckets
