@@ -38,6 +38,7 @@ LONGEST_FIRST = (
     "test_resume_everywhere.py",  # 200 s: a run killed three times, and the uninterrupted one beside it
     "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
     "test_end_to_end.py",  # 60 s
+    "test_adaptive_concurrency.py",  # 100 s: 1,024 slots kept busy for about a minute
     "test_train_script.py",  # 60 s
     "demo",  # 50 s
     "test_resume_and_secrets.py",  # 50 s

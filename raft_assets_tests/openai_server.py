@@ -51,6 +51,7 @@ _ERROR_SHAPE = {
     500: ("server_error", None),
     503: ("server_error", "service_unavailable"),
 }
+STATS_PATH = "/v1/test-server/stats"  # GET: the scalar stats as JSON (see `_stats_json`)
 _RESET_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -99,6 +100,8 @@ class ServerStats:
     completed: int = 0  # chat completions answered 200 (plain or streamed)
     completed_fingerprints: Counter[str] = field(default_factory=Counter)  # fingerprint -> 200 replies sent
     active: int = 0  # requests holding a capacity slot now
+    busy_slot_seconds: float = 0.0  # active integrated over time: over an interval, divided by it, the mean busy slots
+    rate_limited: int = 0  # chat requests answered 429 by the requests-per-minute limit
     max_concurrent: int = 0  # most requests holding slots at once
     prompt_tokens: int = 0  # summed over 200 replies
     completion_tokens: int = 0
@@ -115,11 +118,15 @@ class OpenAITestServer:
     latency_s (+ deterministic jitter in [0, jitter_s)): asyncio.sleep per request while holding a slot.
     capacity: requests processed at once (None: unbounded); the rest queue.
     faults: fault name -> probability (see FAULTS); HTTP_FAULTS sum to <= 1, CONTENT_FAULTS too.
-    retry_after_s: Retry-After on 429/503. hang_s: how long a `timeout` fault hangs before closing.
+    requests_per_minute: a rate limit on chat requests (a token bucket holding one second's worth): a request
+    beyond it is answered 429 with the Retry-After of the next free token, before queueing, as cloud APIs do.
+    retry_after_s: Retry-After on injected 429/503. hang_s: how long a `timeout` fault hangs before closing.
     fail_first_n: the first N attempts of every distinct request fail with `fail_first_status`.
     keep_bodies: record chat request bodies in stats. stream_chunks: content pieces per streamed reply.
     hold_after: once this many replies completed, further chat requests wait without an answer until
     release() or stop(): a client killed then has every completed reply in hand and none half-done.
+    batch_latency_s, batch_failed_share: how long a Batch API batch takes and the share of its lines that fail
+    (`BatchEndpoints`; `batch_stats` counts them); batch_latency_s None: no Batch API (404), as vLLM's server.
     """
 
     def __init__(
@@ -141,6 +148,9 @@ class OpenAITestServer:
         stream_chunks: int = 4,
         hold_after: int | None = None,
         port: int = 0,
+        requests_per_minute: float | None = None,
+        batch_latency_s: float | None = 0.0,
+        batch_failed_share: float = 0.0,
     ) -> None:
         self.responder: Responder = responder or echo_responder
         self.models = list(models)
@@ -165,6 +175,10 @@ class OpenAITestServer:
         self.keep_bodies = keep_bodies
         self.stream_chunks = max(1, stream_chunks)
         self.hold_after = hold_after
+        self.requests_per_minute = requests_per_minute
+        self._tokens = max(1.0, (requests_per_minute or 0) / 60)  # the bucket starts full
+        self._tokens_at = time.monotonic()
+        self._busy_since = time.monotonic()  # when `active` last changed (for busy_slot_seconds)
         self._released: asyncio.Event | None = None
         self._requested_port = port
         self.port = 0
@@ -176,6 +190,7 @@ class OpenAITestServer:
         self._stopping: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._startup_error: BaseException | None = None
+        self.batches = BatchEndpoints(self, batch_latency_s, batch_failed_share)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -246,6 +261,8 @@ class OpenAITestServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get(STATS_PATH, self._stats_json)
+        self.batches.add_routes(app)
         app.router.add_route("*", "/{path:.*}", self._unknown)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await runner.setup()
@@ -265,6 +282,7 @@ class OpenAITestServer:
             s = self._stats
             return replace(
                 s,
+                busy_slot_seconds=s.busy_slot_seconds + s.active * (time.monotonic() - self._busy_since),
                 status_counts=Counter(s.status_counts),
                 fingerprints=Counter(s.fingerprints),
                 completed_fingerprints=Counter(s.completed_fingerprints),
@@ -273,10 +291,16 @@ class OpenAITestServer:
                 response_formats=Counter(s.response_formats),
             )
 
+    @property
+    def batch_stats(self) -> BatchStats:
+        """A copy of the Batch API's counters."""
+        return self.batches.stats
+
     def reset_stats(self) -> None:
         """Zeroes the counters, attempt numbering included (requests in flight keep their slot count)."""
         with self._lock:
             self._stats = ServerStats(active=self._stats.active)
+            self._busy_since = time.monotonic()
 
     # -- fault decisions -----------------------------------------------------------------------------------
 
@@ -343,6 +367,12 @@ class OpenAITestServer:
         self._count(200)
         return web.json_response(self._model_json(name))
 
+    async def _stats_json(self, request: web.Request) -> web.Response:
+        """The scalar counters, for a client in another process (a benchmark); not counted as a request."""
+        stats = self.stats
+        scalars = {name: value for name, value in vars(stats).items() if isinstance(value, int | float)}
+        return web.json_response({**scalars, "capacity": self.capacity, "monotonic": time.monotonic()})
+
     async def _unknown(self, request: web.Request) -> web.Response:
         if denied := self._admit(request):
             return denied
@@ -361,6 +391,11 @@ class OpenAITestServer:
         if model not in self.models:
             return self._error(404, f"The model `{model}` does not exist.")
 
+        if self.requests_per_minute is not None and (wait_s := self._over_rate()) is not None:
+            with self._lock:
+                self._stats.rate_limited += 1
+            message = f"Rate limit of {self.requests_per_minute:g} requests per minute reached."
+            return self._error(429, message, {"Retry-After": f"{wait_s:.3f}"})
         if self.hold_after is not None and self._stats.completed >= self.hold_after:
             await self._held()
             if request.transport is None or request.transport.is_closing():
@@ -420,6 +455,27 @@ class OpenAITestServer:
         }
         return web.Response(text=json.dumps(reply), content_type="application/json")
 
+    def _over_rate(self) -> float | None:
+        """Takes a token of the requests-per-minute bucket; None when there was one, else seconds until the next."""
+        assert self.requests_per_minute is not None
+        rate, now = self.requests_per_minute / 60, time.monotonic()
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        return (1 - self._tokens) / rate
+
+    def _occupy(self, change: int) -> None:
+        """Adds `change` to the slots busy, integrating the time the old count lasted."""
+        now = time.monotonic()
+        with self._lock:
+            stats = self._stats
+            stats.busy_slot_seconds += stats.active * (now - self._busy_since)
+            self._busy_since = now
+            stats.active += change
+            stats.max_concurrent = max(stats.max_concurrent, stats.active)
+
     async def _held(self) -> None:
         """Waits until release() or stop()."""
         assert self._released is not None and self._stopping is not None
@@ -437,17 +493,12 @@ class OpenAITestServer:
         if slots is not None:
             await slots.acquire()
         try:
-            with self._lock:
-                stats = self._stats
-                stats.active += 1
-                if stats.active > stats.max_concurrent:
-                    stats.max_concurrent = stats.active
+            self._occupy(+1)
             try:
                 if delay > 0:
                     await asyncio.sleep(delay)
             finally:
-                with self._lock:
-                    self._stats.active -= 1
+                self._occupy(-1)
         finally:
             if slots is not None:
                 slots.release()
@@ -528,6 +579,219 @@ def _drop_connection(request: web.Request, *, reset: bool) -> None:
     transport.abort()
 
 
+# -- Batch API: /v1/files and /v1/batches ---------------------------------------------------------------------
+
+
+@dataclass
+class BatchStats:
+    """Counters of the Batch API endpoints; `OpenAITestServer.batch_stats` returns a copy."""
+
+    files_uploaded: int = 0
+    batches_created: int = 0
+    lines: int = 0  # request lines in the batches created
+    lines_answered: int = 0  # lines answered 200 (in an output file)
+    lines_failed: int = 0  # lines answered with an error (in an error file)
+    answered_fingerprints: Counter[str] = field(default_factory=Counter)  # a line's body fingerprint -> 200 replies
+
+
+BATCH_ENDPOINT = "/v1/chat/completions"  # the one endpoint a batch's lines may ask
+
+
+class BatchEndpoints:
+    """The OpenAI Batch API over a test server's responder: upload a JSONL file (`POST /v1/files`, purpose "batch"),
+    create a batch of it (`POST /v1/batches`), poll it (`GET /v1/batches/{id}`), download its output and error files
+    (`GET /v1/files/{id}/content`).
+
+    A batch is "validating" when created and moves on as it is polled: "in_progress" until `latency_s` has passed
+    since it was created (read at each poll, so a test may shorten it), then "finalizing" (its lines answered, each
+    by the responder) and "completed". A share `failed_share` of the lines, drawn from a hash of the server's seed
+    and the line's body, is answered 500 in the error file instead.
+    """
+
+    def __init__(self, server: OpenAITestServer, latency_s: float | None, failed_share: float) -> None:
+        self.server = server
+        self.latency_s = latency_s
+        self.failed_share = failed_share
+        self._files: dict[str, dict[str, Any]] = {}  # id -> file object, with its bytes under "content"
+        self._batches: dict[str, dict[str, Any]] = {}  # id -> batch object, with its lines under "lines"
+        self._stats = BatchStats()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def add_routes(self, app: web.Application) -> None:
+        """The routes, unless `latency_s` is None: a server without the Batch API."""
+        if self.latency_s is None:
+            return
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{file_id}", self._file)
+        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches/{batch_id}", self._retrieve)
+
+    @property
+    def stats(self) -> BatchStats:
+        with self._lock:
+            return replace(self._stats, answered_fingerprints=Counter(self._stats.answered_fingerprints))
+
+    def _new_file(self, name: str, purpose: str, content: bytes) -> dict[str, Any]:
+        file = {
+            "id": f"file-{next(self._ids)}",
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self._files[file["id"]] = {**file, "content": content}
+        return file
+
+    @staticmethod
+    def _shown(record: dict[str, Any]) -> dict[str, Any]:
+        """A file or batch object as the API shows it: without the content, lines and clock kept beside it."""
+        return {key: value for key, value in record.items() if key not in ("content", "lines", "started")}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if denied := self.server._admit(request):
+            return denied
+        form = await request.post()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField) or purpose != "batch":
+            return self.server._error(400, "Expected a multipart `file` and `purpose` batch.")
+        file = self._new_file(upload.filename, "batch", upload.file.read())
+        with self._lock:
+            self._stats.files_uploaded += 1
+        self.server._count(200)
+        return web.json_response(file)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if denied := self.server._admit(request):
+            return denied
+        if (file := self._files.get(request.match_info["file_id"])) is None:
+            return self.server._error(404, f"No such file: {request.match_info['file_id']}")
+        self.server._count(200)
+        return web.json_response(self._shown(file))
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        if denied := self.server._admit(request):
+            return denied
+        if (file := self._files.get(request.match_info["file_id"])) is None:
+            return self.server._error(404, f"No such file: {request.match_info['file_id']}")
+        self.server._count(200)
+        return web.Response(body=file["content"], content_type="application/octet-stream")
+
+    async def _create(self, request: web.Request) -> web.Response:
+        if denied := self.server._admit(request):
+            return denied
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return self.server._error(400, "The request body is not valid JSON.")
+        file = self._files.get(body.get("input_file_id", ""))
+        if file is None or body.get("endpoint") != BATCH_ENDPOINT or body.get("completion_window") != "24h":
+            return self.server._error(400, f"Expected an uploaded input_file_id, endpoint {BATCH_ENDPOINT}, 24h.")
+        lines, problem = self._parse_lines(file["content"])
+        if problem:
+            return self.server._error(400, problem)
+        batch = {
+            "id": f"batch_{next(self._ids)}",
+            "object": "batch",
+            "endpoint": BATCH_ENDPOINT,
+            "input_file_id": file["id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": int(time.time()),
+            "output_file_id": None,
+            "error_file_id": None,
+            "metadata": body.get("metadata"),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "lines": lines,
+            "started": time.monotonic(),
+        }
+        self._batches[batch["id"]] = batch
+        with self._lock:
+            self._stats.batches_created += 1
+            self._stats.lines += len(lines)
+        self.server._count(200)
+        return web.json_response(self._shown(batch))
+
+    def _parse_lines(self, content: bytes) -> tuple[list[dict[str, Any]], str | None]:
+        """The request lines of an input file, or why the file is refused."""
+        try:
+            lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        except ValueError as error:
+            return [], f"The input file is not JSONL: {error}"
+        ids = [line.get("custom_id") for line in lines]
+        if len(set(ids)) != len(ids) or None in ids:
+            return [], "Every line needs a custom_id, unique in the file."
+        for line in lines:
+            if line.get("method") != "POST" or line.get("url") != BATCH_ENDPOINT:
+                return [], f"Line {line['custom_id']}: expected method POST and url {BATCH_ENDPOINT}."
+            if (line.get("body") or {}).get("model") not in self.server.models:
+                return [], f"Line {line['custom_id']}: the model is not served."
+        return lines, None
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        if denied := self.server._admit(request):
+            return denied
+        if (batch := self._batches.get(request.match_info["batch_id"])) is None:
+            return self.server._error(404, f"No such batch: {request.match_info['batch_id']}")
+        if batch["status"] == "finalizing":
+            batch.update(status="completed", completed_at=int(time.time()))
+        elif time.monotonic() - batch["started"] >= (self.latency_s or 0.0):
+            self._answer(batch)
+        else:
+            batch.update(status="in_progress", in_progress_at=batch.get("in_progress_at") or int(time.time()))
+        self.server._count(200)
+        return web.json_response(self._shown(batch))
+
+    def _answer(self, batch: dict[str, Any]) -> None:
+        """Answers every line, into an output file (200) and an error file (failed lines); status finalizing."""
+        answered, failed = [], []
+        for number, line in enumerate(batch["lines"]):
+            fp = fingerprint(line["body"])
+            result = self._line_response(line["body"], fp)
+            record = {"id": f"batch_req_{batch['id']}_{number}", "custom_id": line["custom_id"], "error": None}
+            (answered if result["status_code"] == 200 else failed).append({**record, "response": result})
+            if result["status_code"] == 200:
+                with self._lock:
+                    self._stats.answered_fingerprints[fp] += 1
+        with self._lock:
+            self._stats.lines_answered += len(answered)
+            self._stats.lines_failed += len(failed)
+        for key, lines in (("output_file_id", answered), ("error_file_id", failed)):
+            if lines:
+                content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                batch[key] = self._new_file(f"{batch['id']}_{key}.jsonl", "batch_output", content)["id"]
+        batch["request_counts"] = {"total": len(batch["lines"]), "completed": len(answered), "failed": len(failed)}
+        batch.update(status="finalizing", finalizing_at=int(time.time()))
+
+    def _line_response(self, body: dict[str, Any], fp: str) -> dict[str, Any]:
+        """A line's `response`: the chat completion the responder writes, or a 500 for a failed line."""
+        draw = hashlib.blake2b(f"{self.server.seed}:batch:{fp}".encode(), digest_size=8).digest()
+        try:
+            if int.from_bytes(draw) / 2.0**64 < self.failed_share:
+                raise RuntimeError("injected fault: batch line failed")
+            content = self.server.responder(body)
+        except Exception as error:  # noqa: BLE001 (a failed line, as the error file reports it)
+            error_body = {"error": {"message": str(error), "type": "server_error", "param": None, "code": None}}
+            return {"status_code": 500, "request_id": fp, "body": error_body}
+        prompt_tokens = sum(count_tokens(message_text(m)) for m in body["messages"] if isinstance(m, dict))
+        completion = {
+            "id": f"chatcmpl-{fp}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": count_tokens(content),
+                "total_tokens": prompt_tokens + count_tokens(content),
+            },
+        }
+        return {"status_code": 200, "request_id": fp, "body": completion}
+
+
 def load_responder(spec: str) -> Responder:
     """`package.module:function`, e.g. `raft_assets_tests.raft_model:raft_responder`."""
     module, _, name = spec.partition(":")
@@ -548,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=float, default=0.1)
     parser.add_argument("--hang", type=float, default=30.0)
     parser.add_argument("--fail-first-n", type=int, default=0)
+    parser.add_argument("--requests-per-minute", type=float, default=None, help="429 beyond it, with Retry-After")
     parser.add_argument(
         "--responder", default=None, metavar="MODULE:FUNCTION", help="what writes the replies; default: echo"
     )
@@ -566,6 +831,7 @@ def main(argv: list[str] | None = None) -> None:
         hang_s=args.hang,
         fail_first_n=args.fail_first_n,
         port=args.port,
+        requests_per_minute=args.requests_per_minute,
     )
     with server:
         print(server.base_url, flush=True)

@@ -12,6 +12,7 @@
         eval/eval_set.json                    eval_set
         reports/eval_report.{md,json}, *.png  eval_report
         llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
+        llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
     <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
         base/base_model.json                  base_model: which model to fine-tune (base/tiny/ when built)
         fsdp/<run>/, fsdp/latest_run          fsdp_checkpoint: a run's DCP checkpoints; the newest run's name
@@ -67,6 +68,12 @@ class Layout:
     def curation_histogram(self, source: str) -> Path:
         """The score histogram of one source's `curated_answers`, beside its table."""
         return self.stage_file("curated_answers", source).with_suffix(".scores.png")
+
+    def llm_batch_file(self, stage: str, source: str) -> Path:
+        """The ids of the Batch API batches that `stage` submitted for one source (`mode: batch`), kept until their
+        replies are in the reply cache, so that a killed run polls them again instead of submitting again."""
+        name = self.stage_file(stage, source).with_suffix(".json").name  # refuses a source that is no file name
+        return self.reply_cache_file.parent / "batches" / stage / name
 
     def stage_sources(self, stage: str) -> list[str]:
         """The sources that have a file of `stage`, whatever the partitions say (for readers outside a run)."""

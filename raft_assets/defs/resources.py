@@ -8,6 +8,7 @@ the UI and the run config show the variable's name, never the key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -69,7 +70,13 @@ class LLMResource(dg.ConfigurableResource):
     api_key: str = Field(default="EMPTY", repr=False, description="Set it with an environment variable (dg.EnvVar).")
     model: str = DEFAULT_MODEL
     max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, gt=0, description="Requests in flight at once, over all replicas."
+        default=DEFAULT_MAX_CONCURRENCY,
+        gt=0,
+        description="Most requests in flight at once, over all replicas: the level adapts below it to what the "
+        "server answers fastest; set a cap on a shared server.",
+    )
+    adaptive_concurrency: bool = Field(
+        default=True, description="False: keep exactly max_concurrency requests in flight (no adapting)."
     )
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0, description="Counts prompt + max_tokens per request.")
@@ -77,6 +84,16 @@ class LLMResource(dg.ConfigurableResource):
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
     token_budget: int | None = Field(
         default=None, gt=0, description="Most tokens one materialization may spend; requests past it are not sent."
+    )
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="batch: the first requests of questions, cot_answers and curated_answers not in the reply cache "
+        "go through the endpoint's OpenAI Batch API first (half price at many providers, replies within 24 h); what a "
+        "batch does not answer, and every retry, is asked online. Batches go to the first URL; the judge is always "
+        "asked online.",
+    )
+    batch_poll_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between two status checks of a submitted batch (mode: batch)."
     )
 
     @classmethod
@@ -102,6 +119,7 @@ class LLMResource(dg.ConfigurableResource):
             model=self.model,
             api_key=self.api_key,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
             requests_per_minute=self.requests_per_minute,
             tokens_per_minute=self.tokens_per_minute,
             timeout_s=self.timeout_s,

@@ -18,12 +18,22 @@ NOT_FAILED = ("ok", "duplicate", "skipped")
 
 
 class StageProgress:
-    def __init__(self, stage: str, total: int, log: Logger, interval_s: float, tokens: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        log: Logger,
+        interval_s: float,
+        tokens: Callable[[], int],
+        concurrency: Callable[[], str] | None = None,
+    ) -> None:
+        """`concurrency`: the client's level of requests in flight, as the line shows it (`Usage.concurrency_line`)."""
         self.stage = stage
         self.total = total
         self.log = log
         self.interval_s = interval_s
         self.tokens = tokens
+        self.concurrency = concurrency
         self.statuses: Counter[str] = Counter()
         self._started = time.monotonic()
         self._bar = Progress(
@@ -57,9 +67,10 @@ class StageProgress:
         rate = self.done / elapsed if elapsed else 0.0
         eta = f"{(self.total - self.done) / rate:.0f} s" if rate else "?"
         percent = 100 * self.done / self.total if self.total else 100
+        level = self.concurrency() if self.concurrency else ""
         return (
             f"{self.stage}: {self.done}/{self.total} ({percent:.0f}%), {rate:.1f}/s, ETA {eta}, "
-            f"{self.tokens():,} tokens, {self.failed} failed"
+            f"{self.tokens():,} tokens, {self.failed} failed{f', {level}' if level else ''}"
         )
 
     async def __aenter__(self) -> StageProgress:

@@ -1,10 +1,13 @@
 """A client for any OpenAI-compatible chat endpoint, used as hard as it allows.
 
 `Endpoint` is the configuration (the `llm` and `judge` resources build it); `ChatClient` is one
-materialization's connection: it keeps up to `max_concurrency` requests in flight, spread over the
-replicas by outstanding requests, within optional requests- and tokens-per-minute limits and a token
-budget. The openai SDK retries 408/409/429/5xx, timeouts and dropped connections with exponential
-backoff and jitter, honouring Retry-After. Every reply is cached on disk as it arrives.
+materialization's connection: it keeps as many requests in flight at each replica as the replica keeps
+answering faster (`concurrency.ReplicaPool`: adaptive, up to `max_concurrency` over all replicas, or pinned at it),
+within optional requests- and tokens-per-minute limits and a token budget. The openai SDK retries 408/409/5xx,
+timeouts and dropped connections with exponential backoff and jitter; a 429 or 503 (the server is full or over
+its rate limit) comes back to the client instead, which lowers its level, waits out Retry-After and sends the
+request again, without a limit on the attempts while the server keeps saying "later" (up to `timeout_s` times
+`max_retries + 1` of waiting). Every reply is cached on disk as it arrives.
 
 Requests go through the SDK's aiohttp transport and its raw `post` (the SDK's documented way to send
 a request as-is): retries, timeouts and authentication stay the SDK's, but without its per-request
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,15 +28,19 @@ import openai
 from aiolimiter import AsyncLimiter
 
 from raft_assets.contracts.prompts import Prompt
+from raft_assets.llm.concurrency import ConcurrencyLog, ReplicaPool
 from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
-DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_MAX_CONCURRENCY = 1024  # an upper bound: the level adapts below it (see concurrency.py)
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 6
 CHARS_PER_TOKEN = 4  # for estimates before a request is sent
 PREFLIGHT_TIMEOUT_S = 15.0  # per attempt of the endpoint check (GET /models)
 REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
+OVERLOADED = (429, 503)  # "later": the client's to retry, after lowering its level
+DEFAULT_RETRY_AFTER_S = 1.0  # when a 429/503 does not say how long to wait
+MAX_RETRY_AFTER_S = 60.0
 
 
 class RequestFailed(Exception):
@@ -69,15 +77,22 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    overloaded: int = 0  # 429/503 replies: retried by the client after lowering its level
+    concurrency: ConcurrencyLog | None = None  # the levels of requests in flight (None: nothing is sent)
 
     @property
     def retries(self) -> int:
         return max(0, self.http_attempts - self.requests - self.failed)
 
-    def metadata(self) -> dict[str, int]:
+    def concurrency_line(self) -> str:
+        """For the progress line: the level of requests in flight now, and how many are ("" when nothing is sent)."""
+        return self.concurrency.describe() if self.concurrency else ""
+
+    def metadata(self) -> dict[str, int | str]:
         return {
-            **{f"llm_{field.name}": getattr(self, field.name) for field in fields(self)},
+            **{f"llm_{field.name}": getattr(self, field.name) for field in fields(self) if field.name != "concurrency"},
             "llm_retries": self.retries,
+            **(self.concurrency.metadata() if self.concurrency else {}),
         }
 
 
@@ -124,7 +139,8 @@ class Endpoint:
     urls: tuple[str, ...]
     model: str = DEFAULT_MODEL
     api_key: str = field(default="EMPTY", repr=False)
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # requests in flight at once, over all replicas
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # most requests in flight at once, over all replicas
+    adaptive_concurrency: bool = True  # False: always max_concurrency in flight (a shared server's share)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None  # counts prompt + max_tokens per request
     timeout_s: float = DEFAULT_TIMEOUT_S  # per HTTP attempt
@@ -142,6 +158,16 @@ def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
     if per_minute >= 60:
         return AsyncLimiter(per_minute / 60, 1)
     return AsyncLimiter(1, 60 / per_minute)
+
+
+def retry_after(headers: Mapping[str, str]) -> float:
+    """Seconds a 429/503 asks to wait (`retry-after-ms`, or `retry-after` in seconds), within 0 to 60 s."""
+    for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return min(max(float(headers[name]) / scale, 0.0), MAX_RETRY_AFTER_S)
+        except (KeyError, ValueError):
+            continue
+    return DEFAULT_RETRY_AFTER_S
 
 
 def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> str:
@@ -166,14 +192,13 @@ class ChatClient:
         self._rpm = _per_minute_limiter(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
         self._clients: list[openai.AsyncOpenAI] = []
-        self._in_flight: list[int] = []
-        self._slots: asyncio.Semaphore | None = None
+        self._pool: ReplicaPool | None = None
         self._endpoints_checked: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatClient:
         self._clients = [self._openai_client(url) for url in self.config.urls]
-        self._in_flight = [0] * len(self._clients)
-        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        self._pool = ReplicaPool(len(self._clients), self.config.max_concurrency, self.config.adaptive_concurrency)
+        self.usage.concurrency = self._pool.log
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -185,13 +210,28 @@ class ChatClient:
             if request.method == "POST":  # chat requests, not the check of the endpoint
                 self.usage.http_attempts += 1
 
-        http_client = openai.DefaultAioHttpClient(event_hooks={"request": [count_attempt]})
+        async def return_overload(response: Any) -> None:  # the HTTP layer's response, before the SDK reads it
+            if response.status_code in OVERLOADED:
+                response.headers["x-should-retry"] = "false"  # the SDK's own switch: the client retries these
+
+        http_client = openai.DefaultAioHttpClient(
+            event_hooks={"request": [count_attempt], "response": [return_overload]}, limits=self._connection_limits()
+        )
         return openai.AsyncOpenAI(
             base_url=base_url,
             api_key=self.config.api_key,
             max_retries=self.config.max_retries,
             timeout=self.config.timeout_s,
             http_client=http_client,
+        )
+
+    def _connection_limits(self) -> Any:
+        """The SDK's connection limits (its HTTP layer's `Limits`), with room for `max_concurrency` connections: its
+        default of 1,000 would cap a 1,024-slot server below its slots."""
+        default = openai.DEFAULT_CONNECTION_LIMITS
+        size = max(default.max_connections or 0, self.config.max_concurrency)
+        return type(default)(
+            max_connections=size, max_keepalive_connections=size, keepalive_expiry=default.keepalive_expiry
         )
 
     def key(self, prompt: Prompt, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
@@ -253,11 +293,11 @@ class ChatClient:
                 served = [model.id async for model in checking.models.list()]
             except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
                 raise EndpointUnusable(
-                    self._redact(f"{url} refused the API key (HTTP {error.status_code}): {str(error.message)[:200]}")
+                    self.redact(f"{url} refused the API key (HTTP {error.status_code}): {str(error.message)[:200]}")
                 ) from None
             except openai.APIConnectionError as error:  # timeouts included
                 raise EndpointUnusable(
-                    self._redact(f"{url} cannot be reached: {connection_problem(error, checking.timeout)}")
+                    self.redact(f"{url} cannot be reached: {connection_problem(error, checking.timeout)}")
                 ) from None
             except openai.APIStatusError:
                 continue
@@ -267,25 +307,33 @@ class ChatClient:
                 )
 
     async def _send(self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int) -> ChatReply:
-        assert self._slots is not None, "use ChatClient as `async with`"
+        assert self._pool is not None, "use ChatClient as `async with`"
         if self._endpoints_checked is None:  # before the first request is sent: a run from the cache sends none
             self._endpoints_checked = asyncio.ensure_future(self.check_endpoints())
         await asyncio.shield(self._endpoints_checked)
-        async with self._slots:
-            if self._rpm:
-                await self._rpm.acquire()
-            if self._tpm:
-                await self._tpm.acquire(min(estimate, self._tpm.max_rate))
-            index = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-            self._in_flight[index] += 1
+        body = self.request_body(messages, params)
+        patience = time.monotonic() + self.config.timeout_s * (self.config.max_retries + 1)
+        while True:
+            index = await self._pool.acquire()
+            sent_at = None  # set when answered
             try:
-                response = await self._clients[index].post(
-                    "/chat/completions", cast_to=object, body={"model": self.model, "messages": messages, **params}
-                )
+                if self._rpm:
+                    await self._rpm.acquire()
+                if self._tpm:
+                    await self._tpm.acquire(min(estimate, self._tpm.max_rate))
+                started = time.monotonic()  # after the client's own rate limits
+                response = await self._clients[index].post("/chat/completions", cast_to=object, body=body)
+                sent_at = started
+                break
+            except openai.APIStatusError as error:
+                if error.status_code not in OVERLOADED or time.monotonic() > patience:
+                    raise RequestFailed("error", self._describe(error)) from None
+                self.usage.overloaded += 1
+                self._pool.overloaded(index, error.status_code, retry_after(error.response.headers), started)
             except openai.APIError as error:
                 raise RequestFailed("error", self._describe(error)) from None
             finally:
-                self._in_flight[index] -= 1
+                self._pool.release(index, sent_at)
         if not isinstance(response, dict):
             raise RequestFailed("error", f"the endpoint's reply is not a JSON chat completion: {str(response)[:200]}")
         choices = response.get("choices") or [{}]
@@ -298,12 +346,18 @@ class ChatClient:
     def _describe(self, error: openai.APIError) -> str:
         """Why a request failed, for the records and logs; the key is cut out should the endpoint echo it."""
         retries = f"after {self.config.max_retries} retries"
+        if isinstance(error, openai.APIStatusError) and error.status_code in OVERLOADED:
+            retries = f"still after {self.config.timeout_s * (self.config.max_retries + 1):g} s of retries"
         if isinstance(error, openai.APIConnectionError):  # timeouts included
-            return self._redact(f"{connection_problem(error, self.config.timeout_s)} ({retries})")
+            return self.redact(f"{connection_problem(error, self.config.timeout_s)} ({retries})")
         if isinstance(error, openai.APIStatusError):
-            return self._redact(f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}")
-        return self._redact(f"{type(error).__name__}: {str(error)[:300]}")
+            return self.redact(f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}")
+        return self.redact(f"{type(error).__name__}: {str(error)[:300]}")
 
-    def _redact(self, text: str) -> str:
+    def request_body(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+        """The chat completion request as sent, online or as a line of a batch."""
+        return {"model": self.model, "messages": messages, **params}
+
+    def redact(self, text: str) -> str:
         key = self.config.api_key
         return text.replace(key, REDACTED) if key and key != "EMPTY" else text

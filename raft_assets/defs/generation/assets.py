@@ -27,7 +27,8 @@ from raft_assets.generation.progress import NOT_FAILED, StageProgress
 from raft_assets.generation.tasks import generate_answers, generate_questions
 from raft_assets.hashing import content_hash
 from raft_assets.llm.asking import Replier
-from raft_assets.llm.client import EndpointUnusable
+from raft_assets.llm.batch import BatchError, BatchFirst
+from raft_assets.llm.client import ChatClient, EndpointUnusable
 from raft_assets.llm.reply_cache import ReplyCache
 
 T = TypeVar("T")
@@ -56,16 +57,24 @@ def failure_rate_check(asset: str) -> dg.AssetCheckSpec:
 async def replier(
     endpoint: LLMResource | None, stand_in: Callable[[], Replier], paths: ProjectPaths
 ) -> AsyncIterator[Replier]:
-    """The endpoint's client with the on-disk reply cache, or the stand-in when there is no endpoint."""
+    """The endpoint's client with the on-disk reply cache (through its Batch API first in `mode: batch`), or the
+    stand-in when there is no endpoint."""
     if endpoint is None:
         yield stand_in()
         return
     cache = ReplyCache(paths.layout.reply_cache_file)
     try:
         async with endpoint.client(cache) as client:
-            yield client
+            yield batch_first(client, endpoint, paths) if endpoint.mode == "batch" else client
     finally:
         cache.close()
+
+
+def batch_first(client: ChatClient, endpoint: LLMResource, paths: ProjectPaths) -> BatchFirst:
+    """The client in batch mode, its batch ids kept in the state file of the asset partition being materialized."""
+    context = dg.AssetExecutionContext.get()
+    state_file = paths.layout.llm_batch_file(context.asset_key.path[-1], context.partition_key)
+    return BatchFirst(client, state_file, endpoint.batch_poll_interval_s, context.log)
 
 
 def generation_backend(llm: LLMResource, paths: ProjectPaths) -> AbstractAsyncContextManager[Replier]:
@@ -96,6 +105,7 @@ def run_requests(
                 context.log,
                 config.progress_interval_s,
                 lambda: usage.prompt_tokens + usage.completion_tokens,
+                usage.concurrency_line,
             )
             started = time.monotonic()
             result = await work(replier, progress)
@@ -106,12 +116,15 @@ def run_requests(
                 "seconds": round(seconds, 2),
                 "items_per_second": round(total / seconds, 2) if seconds else 0.0,
                 **usage.metadata(),
+                **(replier.report.metadata() if isinstance(replier, BatchFirst) else {}),
             }
 
     try:
         return asyncio.run(run())
     except EndpointUnusable as error:
         raise dg.Failure(f"{stage}: the {role} endpoint cannot be used: {error}. Nothing was sent.") from None
+    except BatchError as error:
+        raise dg.Failure(f"{stage}: {error}") from None
 
 
 def generation_result(
