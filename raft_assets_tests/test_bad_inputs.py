@@ -178,6 +178,7 @@ def test_a_failure_rate_over_the_bound_fails_the_check_and_keeps_the_documents_f
     assert not project.stage_file("chunks", "corpus").exists()
 
 
+@pytest.mark.slow  # 50 MB read and chunked
 def test_a_50_mb_file_within_max_file_mb_is_read_and_chunked(project, instance, corpus):
     add_sources(project, instance, local_source(corpus, "big", include=["huge.txt"], max_file_mb=60))
     result = run_assets(project, instance, [documents, chunks], "big")

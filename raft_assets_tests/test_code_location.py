@@ -14,6 +14,7 @@ ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 HEAVY_MODULES = ("nltk", "matplotlib.pyplot", "transformers.models.llama.modeling_llama", "datasketch", "scipy")
 
 
+@pytest.mark.slow  # imports the code location in a new interpreter
 def test_the_code_location_imports_none_of_the_heavy_modules_that_few_steps_use():
     probe = "import sys, raft_assets.definitions; print(' '.join(m for m in sys.argv[1:] if m in sys.modules))"
     result = subprocess.run(

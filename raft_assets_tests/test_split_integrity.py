@@ -29,6 +29,8 @@ from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.defs.training.base_model import base_model
 from raft_assets_tests.conftest import REPO, run_assets, write_sources
 
+pytestmark = pytest.mark.slow  # the fixture runs the graph up to the eval set on two sources
+
 SOURCES = ["site", "export"]
 
 
