@@ -2,6 +2,7 @@
 stand-in, near-duplicates, and the dataset and eval set reading only the kept questions."""
 
 import json
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +26,8 @@ from raft_assets.retrieval.embeddings import embed, load_embedder
 from raft_assets_tests.conftest import REPO, SOURCES, run_assets, write_sources
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.raft_model import default_score, raft_responder, rating_responder
+
+CURATOR_KEY = f"test-{uuid.uuid4().hex}"  # made up per run: no secret is written in the tree
 
 SOURCE = "llama_docs"
 GENERATION = [documents, chunks, questions, cot_answers]
@@ -97,10 +100,10 @@ def test_every_question_is_rated_through_faults_with_structured_output_and_a_rer
     generated(project, instance)
     faults = {"http_429": 0.05, "http_500": 0.05, "reset": 0.03, "off_schema": 0.15}
     with OpenAITestServer(
-        raft_responder, models=["curator-model"], api_key="curator-key", faults=faults, retry_after_s=0.01
+        raft_responder, models=["curator-model"], api_key=CURATOR_KEY, faults=faults, retry_after_s=0.01
     ) as server:
         curator = LLMResource(
-            base_url=server.base_url, model="curator-model", api_key="curator-key", timeout_s=2.0, max_retries=8
+            base_url=server.base_url, model="curator-model", api_key=CURATOR_KEY, timeout_s=2.0, max_retries=8
         )
         # The generator endpoint is down: a request for curation sent there would fail the run.
         down = LLMResource(base_url="http://127.0.0.1:9/v1", model="test-model")
