@@ -4,12 +4,18 @@ import dagster as dg
 
 from raft_assets.defs import deployment
 from raft_assets.defs.automation.conditions import on_upstream_data_change
-from raft_assets.defs.automation.jobs import crawl_job, per_source_job
+from raft_assets.defs.automation.jobs import crawl_job, per_recipe_job, per_source_job
 from raft_assets.defs.automation.schedules import crawl_schedule
-from raft_assets.defs.automation.sensors import automation_sensor, doc_sources_sensor, local_folders_sensor
+from raft_assets.defs.automation.sensors import (
+    automation_sensor,
+    doc_sources_sensor,
+    local_folders_sensor,
+    recipes_sensor,
+)
 from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
 from raft_assets.defs.evaluation.assets import eval_report
+from raft_assets.defs.evaluation.experiment_report import experiment_report
 from raft_assets.defs.evaluation.vllm import VLLMResource
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
@@ -46,12 +52,13 @@ defs = dg.Definitions(
             fsdp_checkpoint,
             hf_checkpoint,
             eval_report,
+            experiment_report,
         ],
     ),
     asset_checks=[raft_dataset_checks, eval_set_disjoint_from_training],
-    jobs=[per_source_job, crawl_job],
+    jobs=[per_source_job, per_recipe_job, crawl_job],
     schedules=[crawl_schedule],
-    sensors=[doc_sources_sensor, local_folders_sensor, automation_sensor],
+    sensors=[doc_sources_sensor, recipes_sensor, local_folders_sensor, automation_sensor],
     executor=deployment.executor(SETTINGS.executor),
     resources={
         "paths": ProjectPaths.from_settings(SETTINGS),

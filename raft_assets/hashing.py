@@ -30,3 +30,9 @@ def files_fingerprint(root: Path, files: Iterable[Path]) -> str:
         stat = path.lstat()
         entries.append(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}")
     return content_hash(*entries)
+
+
+def chunks_fingerprint(chunk_ids: Iterable[str]) -> str:
+    """The identity of a set of chunks, whatever their order: the same texts chunked the same way give the same one
+    (a chunk's id is its text's hash)."""
+    return content_hash(*sorted(set(chunk_ids)))

@@ -26,6 +26,7 @@ class EndpointVariables:
 @dataclass(frozen=True)
 class Settings:
     sources_file: str
+    experiments_file: str  # the recipes compared by experiment_report
     data_dir: str
     checkpoint_dir: str
     base_model: str  # a local model folder, a Hugging Face id in the local cache, or `tiny`
@@ -60,6 +61,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """The settings as the environment gives them now."""
     return Settings(
         sources_file=env.get("RAFT_SOURCES", "data/sources.yaml"),
+        experiments_file=env.get("RAFT_EXPERIMENTS", "data/experiments.yaml"),
         data_dir=env.get("RAFT_DATA_DIR", "data/generated"),
         checkpoint_dir=env.get("RAFT_CHECKPOINT_DIR", "checkpoints"),
         base_model=env.get("RAFT_BASE_MODEL", "tiny"),

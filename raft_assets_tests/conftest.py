@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from raft_assets.defs.partitions import recipes
 from raft_assets.defs.resources import ProjectPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ UNITS = {
     "test_eval_report.py": "sample_pipeline",
     "test_training_assets.py": "sample_pipeline",
     "test_gpu_pool.py": "sample_pipeline",
+    "test_recipes.py": "sample_pipeline",
     "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "dagster_dev",  # the fixture dagster_dev_server
     "test_ui.py": "dagster_dev",
     "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
@@ -81,13 +83,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def cli_env(tmp_path: Path, sources: Path | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a `raft-assets` run with its own DAGSTER_HOME and data folder under tmp_path."""
+    """The environment of a `raft-assets` run with its own DAGSTER_HOME and data folder under tmp_path, and its own
+    experiments file there (only the `default` recipe until a test writes it)."""
     return {
         **{key: value for key, value in os.environ.items() if not key.startswith("RAFT_")},
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "RAFT_DATA_DIR": str(tmp_path / "generated"),
         "RAFT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
         "RAFT_SOURCES": str(sources or REPO / "data" / "sources.yaml"),
+        "RAFT_EXPERIMENTS": str(tmp_path / "experiments.yaml"),
         "COLUMNS": "200",
         **extra,
     }
@@ -112,10 +116,12 @@ def write_sources(path: Path, sources: list[dict]) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path) -> ProjectPaths:
-    """Paths under tmp_path; the sources file is empty until a test writes it with `write_sources`."""
+    """Paths under tmp_path; the sources file is empty until a test writes it with `write_sources`, and the
+    experiments file absent (only the `default` recipe) until a test writes it."""
     sources_file = write_sources(tmp_path / "sources.yaml", [])
     return ProjectPaths(
         sources_file=str(sources_file),
+        experiments_file=str(tmp_path / "experiments.yaml"),
         data_dir=str(tmp_path / "generated"),
         checkpoint_dir=str(tmp_path / "checkpoints"),
     )
@@ -128,6 +134,9 @@ def instance():
 
 
 SOURCES = ["llama_docs", "pytorch_docs"]
+# fsdp_checkpoint's validation at the end of a test's training: one micro-batch per process. The whole test file
+# through the tiny model (2k-4k tokens, the packing mask through sdpa on the CPU) takes longer than the steps do.
+QUICK_VALIDATION = {"eval_max_batches": 1}
 
 
 def run_assets(
@@ -138,30 +147,45 @@ def run_assets(
     config: dict | None = None,
     **resources: object,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize `selection` out of the whole graph (with the extractive generator unless told otherwise)."""
+    """Materialize `selection` out of the whole graph (with the extractive generator unless told otherwise); the
+    per-recipe assets for the `default` recipe unless `partition` names another."""
+    from raft_assets.contracts.recipes import DEFAULT_RECIPE
     from raft_assets.definitions import defs
-    from raft_assets.defs.evaluation.vllm import VLLMResource
-    from raft_assets.defs.resources import LLMResource
-    from raft_assets.defs.training.trainer import TrainerResource
 
+    if partition is None and any(per_recipe(asset) for asset in selection):
+        partition = DEFAULT_RECIPE
+    if partition is not None and any(per_recipe(asset) for asset in selection):
+        instance.add_dynamic_partitions(recipes.name, [partition])
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=selection,
         partition_key=partition,
         instance=instance,
-        resources={
-            "paths": project,
-            "llm": LLMResource(),
-            "judge": LLMResource(),
-            "curator": LLMResource(),
-            "trainer": TrainerResource(),
-            "vllm": VLLMResource(),
-            **resources,
-        },
+        resources={**graph_resources(project), **resources},
         run_config={"ops": config or {}},
     )
     assert result.success
     return result
+
+
+def graph_resources(project: ProjectPaths) -> dict[str, object]:
+    """Every resource of the graph: the project's paths, no endpoints (the stand-ins), the CPU trainer."""
+    from raft_assets.defs.evaluation.vllm import VLLMResource
+    from raft_assets.defs.resources import LLMResource
+    from raft_assets.defs.training.trainer import TrainerResource
+
+    return {
+        "paths": project,
+        "llm": LLMResource(),
+        "judge": LLMResource(),
+        "curator": LLMResource(),
+        "trainer": TrainerResource(),
+        "vllm": VLLMResource(),
+    }
+
+
+def per_recipe(asset: object) -> bool:
+    return isinstance(asset, dg.AssetsDefinition) and asset.partitions_def == recipes
 
 
 @pytest.fixture(scope="session")

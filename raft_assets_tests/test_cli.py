@@ -1,5 +1,6 @@
 """`raft-assets run` as a user runs it: a subprocess with its own DAGSTER_HOME and data folder."""
 
+import json
 import os
 from pathlib import Path
 
@@ -9,14 +10,15 @@ import pytest
 import yaml
 
 from raft_assets.cli import main
+from raft_assets.contracts.recipes import load_recipes
 from raft_assets.definitions import defs
-from raft_assets_tests.conftest import REPO, cli_env, run_cli, write_sources
+from raft_assets_tests.conftest import QUICK_VALIDATION, REPO, SOURCES, cli_env, run_cli, write_sources
 
 DEMO_CONFIG = REPO / "data" / "demo_run_config.yaml"
 # The demo's numbers that only make its run longer (20 steps, 40 questions, answers of up to 64 tokens: two
 # minutes on 2 cores), made smaller for the test; every other setting of the file is used as it is.
 SMALLER = {
-    "fsdp_checkpoint": {"max_steps": 2, "save_every_steps": 1},
+    "fsdp_checkpoint": {"max_steps": 2, "save_every_steps": 1, **QUICK_VALIDATION},
     "eval_set": {"size": 10},
     "eval_report": {"max_new_tokens": 8},
 }
@@ -39,12 +41,14 @@ def smaller_demo_config(folder: Path) -> Path:
 @pytest.mark.torchrun
 def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
     """What `make demo` does: every asset, on the sample corpus, offline, on the CPU, with the demo's run config
-    (smaller numbers); under umask 022 every file it writes is readable by other users (a vLLM server or a pod of
-    another user on a shared volume)."""
+    (smaller numbers) and the shipped recipes, compared in the experiment report; under umask 022 every file it
+    writes is readable by other users (a vLLM server or a pod of another user on a shared volume)."""
     config = smaller_demo_config(tmp_path)
+    experiments = REPO / "data" / "experiments.yaml"
+    recipes = [recipe.name for recipe in load_recipes(experiments)]
     umask = os.umask(0o022)
     try:
-        result = run_cli(tmp_path, "--config", str(config))
+        result = run_cli(tmp_path, "--config", str(config), RAFT_EXPERIMENTS=str(experiments))
     finally:
         os.umask(umask)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,12 +63,22 @@ def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_pat
     assert any((tmp_path / "checkpoints" / "hf").glob("*/model.safetensors"))
     report = (tmp_path / "generated" / "reports" / "eval_report.md").read_text()
     assert "| finetuned RAG k=5 |" in report and "| base no context |" in report
+    for recipe in recipes[1:]:
+        assert f"eval_report[{recipe}]" in result.stdout
+        assert (tmp_path / "generated" / "recipes" / recipe / "reports" / "eval_report.md").is_file()
+    experiment = json.loads((tmp_path / "generated" / "reports" / "experiment_report.json").read_text())
+    assert sorted({row["recipe"] for row in experiment["rows"]}) == sorted(recipes) and not experiment["excluded"]
+    compared = [row for row in experiment["rows"] if row["recipe"] != "default" and row["variant"].startswith("fine")]
+    assert compared and all(row["vs_default"]["paired_questions"] == row["questions"] for row in compared)
+    assert all(row["vs_default"]["words"] for row in compared)  # "within noise: ..." or a difference, in words
 
     os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
     try:
         with dg.DagsterInstance.get() as instance:
-            assert sorted(instance.get_dynamic_partitions("doc_sources")) == ["llama_docs", "pytorch_docs"]
-            assert len(instance.get_runs()) == 3  # one per source, then one for the assets over all sources
+            assert sorted(instance.get_dynamic_partitions("doc_sources")) == SOURCES
+            assert instance.get_dynamic_partitions("recipes") == recipes
+            # one per source, one per recipe (the first with the index and the eval set), the experiment report
+            assert len(instance.get_runs()) == len(SOURCES) + len(recipes) + 1
             record = instance.get_latest_materialization_event(dg.AssetKey("chunks"))
             assert record is not None and record.asset_materialization.partition in ("llama_docs", "pytorch_docs")
     finally:
@@ -99,7 +113,7 @@ def test_a_step_that_raises_prints_the_exception_and_its_cause_without_verbose(t
     )
     assert result.returncode == 1
     output = " ".join(result.stdout.split())  # rich wraps long lines
-    assert "✗ step raft_dataset failed: BaseModelMissing: No base model pointer at " in output
+    assert "✗ step raft_dataset [default] failed: BaseModelMissing: No base model pointer at " in output
     assert "materialize base_model first." in output
     assert "DagsterExecutionStepExecutionError" not in output and "Error occurred while executing" not in output
 
@@ -169,10 +183,11 @@ def test_select_and_source_narrow_the_run(tmp_path):
     [
         (
             ["--select", "nope"],
-            "Known assets: base_model, chunks, cot_answers, curated_answers, documents, eval_report, eval_set, fsdp_checkpoint, "
-            "hf_checkpoint",
+            "Known assets: base_model, chunks, cot_answers, curated_answers, documents, eval_report, eval_set, "
+            "experiment_report, fsdp_checkpoint, hf_checkpoint",
         ),
         (["--source", "nope"], "unknown source nope; sources in"),
+        (["--recipe", "nope"], "unknown recipe nope; recipes in"),
         (["--select", "documents++("], "cannot parse --select"),
     ],
 )

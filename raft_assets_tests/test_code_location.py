@@ -50,7 +50,8 @@ def test_dagster_dev_serves_the_asset_graph(dagster_dev_server):  # conftest.py:
         sensors { name sensorState { status } } schedules { name cronSchedule scheduleState { status } } } } } }"""
     [repository] = dagster_dev_server.graphql(query)["repositoriesOrError"]["nodes"]
     sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-    assert sensors == {name: "RUNNING" for name in ("doc_sources_sensor", "local_folders_sensor", "automation_sensor")}
+    names = ("doc_sources_sensor", "recipes_sensor", "local_folders_sensor", "automation_sensor")
+    assert sensors == {name: "RUNNING" for name in names}
     schedules = {schedule["name"]: schedule for schedule in repository["schedules"]}
     assert schedules["crawl_schedule"]["scheduleState"]["status"] == "RUNNING"
     assert schedules["crawl_schedule"]["cronSchedule"] == "0 3 * * *"

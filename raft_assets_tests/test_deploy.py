@@ -8,6 +8,7 @@ dagster-k8s's and the Kubernetes client's own models. (test_trainer_resource.py 
 loopback, one of them started with the arguments of deploy/k8s/train-workers.yaml.)
 """
 
+import argparse
 import importlib.util
 import json
 import re
@@ -29,8 +30,10 @@ from dagster_k8s.job import (
 )
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
+from raft_assets.cli.serve import add_serve_arguments, argument_problem
 from raft_assets.defs.deployment import gpu_op_tags
 from raft_assets.defs.training.trainer import TrainerResource
+from raft_assets.serving.protocol import API_KEY_VARIABLE
 from raft_assets.settings import load_settings
 from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 
@@ -39,6 +42,7 @@ RUN_CONFIG = DEPLOY / "run_config"
 GPU_STEPS = {"fsdp_checkpoint": "RAFT_K8S_TRAIN_GPUS", "eval_report": "RAFT_K8S_EVAL_GPUS"}
 MODELS = {"Service": kubernetes.client.V1Service, "Job": kubernetes.client.V1Job}
 MODELS["PersistentVolumeClaim"] = kubernetes.client.V1PersistentVolumeClaim
+MODELS["Deployment"] = kubernetes.client.V1Deployment
 POD_IP = "10.1.2.3"  # what the downward API gives a pod; the run config reads it with {env: POD_IP}
 
 
@@ -266,6 +270,48 @@ def test_the_rendezvous_service_selects_the_fsdp_checkpoint_step_pod(k8s_job):
 def test_the_eval_run_config_sets_vllm_tensor_parallelism_to_the_eval_pods_gpus(helm_env):
     vllm = run_config("eval-vllm.yaml")["resources"]["vllm"]["config"]
     assert str(vllm["tensor_parallel_size"]) == helm_env["RAFT_K8S_EVAL_GPUS"]
+
+
+def test_the_serve_deployment_runs_the_serve_command_on_the_shared_index_and_checkpoints(deployment, helm_env):
+    objects = manifests("serve.yaml")
+    pod_template = objects["Deployment"]["spec"]["template"]
+    pod = pod_template["spec"]
+    [container] = pod["containers"]
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert container["command"] == ["raft-assets", "serve"]
+    args = parser.parse_args(container["args"])
+    assert argument_problem(args) is None
+    assert (args.backend, args.host) == ("vllm", "0.0.0.0")  # vLLM in the pod; the service on every interface
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus == str(args.tensor_parallel_size)
+    image = deployment["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+
+    # The index and the checkpoints where the pipeline's steps write them, on the shared volume.
+    env = {entry["name"]: entry for entry in container["env"]}
+    for name in ["RAFT_DATA_DIR", "RAFT_CHECKPOINT_DIR", "HF_HOME"]:
+        assert env[name]["value"] == helm_env[name], name
+    claim = manifests("shared-storage.yaml")["PersistentVolumeClaim"]["metadata"]["name"]
+    mount = shared_mount(pod["volumes"], container["volumeMounts"], claim)
+    assert PurePosixPath(helm_env["RAFT_DATA_DIR"]).is_relative_to(mount)
+    [shm] = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert [v["emptyDir"] for v in pod["volumes"] if v["name"] == shm["name"]] == [{"medium": "Memory"}]
+    # The service's key from the deployment's Secret, when it holds one.
+    key = env[API_KEY_VARIABLE]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": deployment["envSecrets"][0]["name"], "key": API_KEY_VARIABLE, "optional": True}
+
+    # The Service reaches the pods on the port the command listens on; the probes ask /health, which needs no key.
+    [port] = container["ports"]
+    assert port["containerPort"] == args.port
+    service = objects["Service"]
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
+    labels = pod_template["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= labels
+    assert objects["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": port["name"]}, probe
 
 
 # --- the GPU steps' pods ----------------------------------------------------------------------------------

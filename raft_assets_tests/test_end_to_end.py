@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from raft_assets.evaluation.metrics import extract_answer
-from raft_assets_tests.conftest import SOURCES, run_cli
+from raft_assets_tests.conftest import QUICK_VALIDATION, SOURCES, run_cli
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder
 
@@ -26,7 +26,9 @@ RUN_CONFIG = {
     "ops": {
         "questions": {"config": {"questions_per_chunk": 2}},
         "eval_set": {"config": {"size": 20}},  # enough for every system's numbers; each is answered and judged
-        "fsdp_checkpoint": {"config": {"max_steps": 2, "save_every_steps": 1, "context_length": 2048}},
+        "fsdp_checkpoint": {
+            "config": {"max_steps": 2, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION}
+        },
         "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
     }
 }
@@ -168,13 +170,17 @@ def test_the_report_covers_every_configured_system(pipeline):
     for system, summary in report["systems"].items():
         assert summary["questions"] == questions, system
         assert summary["judged"] + summary["judge_failures"] == questions, system
-    # The judge saw each distinct (question, reference, answer) once: repeats come from the reply cache.
+    # The judge saw each distinct (question, reference, answer) once (repeats come from the reply cache), and the
+    # experiment report asked it again, the answers in the other order, for its self-consistency.
     triples = {
         (row["question"], row["reference"], extract_answer(row["answer"]))
         for rows in report["answers"].values()
         for row in rows
     }
-    assert len(servers["judge"].stats.completed_fingerprints) == len(triples)
+    experiment = json.loads((data / "reports" / "experiment_report.json").read_text())
+    asked_again = experiment["judge"]["self_consistency"]["n"]
+    assert 0 < asked_again <= 20
+    assert len(servers["judge"].stats.completed_fingerprints) == len(triples) + asked_again
 
 
 def test_the_keys_appear_nowhere(pipeline):
@@ -185,3 +191,86 @@ def test_the_keys_appear_nowhere(pipeline):
         assert key not in result.stdout + result.stderr
         for path in written:
             assert key.encode() not in path.read_bytes(), path
+
+
+NEW_RECIPES = {"oracle_always": {"dataset": {"p": 1.0}}, "lora": {"fine_tune": {"method": "lora", "lr": 1.0e-3}}}
+PLANTED = 6  # people's verdicts planted on the default recipe's judged answers
+DISAGREEING = 2  # of them, the ones that say the opposite of the judge
+
+
+@pytest.fixture(scope="module")
+def more_recipes(pipeline):
+    """Two recipes added to the experiments file after the run, then `raft-assets run --recipe` for each alone, with
+    the same endpoints (fresh servers, the same keys), and people's verdicts planted beside the curation file."""
+    root, _, keys, _ = pipeline
+    experiments = root / "experiments.yaml"  # the file of cli_env's RAFT_EXPERIMENTS
+    experiments.write_text(yaml.safe_dump({"recipes": {"default": {}, **NEW_RECIPES}}), encoding="utf-8")
+    curation = root / "eval_curation.yaml"
+    report = json.loads((root / "generated" / "reports" / "eval_report.json").read_text())
+    judged = [row for row in report["answers"]["finetuned RAG k=3"] if row["judgement"] is not None][:PLANTED]
+    verdicts = [
+        {
+            "question": row["question"],
+            "reference": row["reference"],
+            "answer": row["answer"],
+            "verdict": "correct" if row["judgement"] == (i >= DISAGREEING) else "incorrect",
+            "reviewer": "test",
+            "at": "2026-12-02T00:00:00+00:00",
+            "system": "finetuned RAG k=3",
+        }
+        for i, row in enumerate(judged)
+    ]
+    (root / "eval_curation.verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    servers = {
+        "generator": OpenAITestServer(generator, models=["llama-70b"], api_key=keys["generator"]),
+        "judge": OpenAITestServer(judge, models=["judge"], api_key=keys["judge"]),
+    }
+    with servers["generator"], servers["judge"]:
+        result = run_cli(
+            root,
+            "--config",
+            str(root / "run_config.yaml"),
+            *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
+            RAFT_LLM_BASE_URL=servers["generator"].base_url,
+            RAFT_LLM_API_KEY=keys["generator"],
+            RAFT_LLM_MODEL="llama-70b",
+            RAFT_JUDGE_BASE_URL=servers["judge"].base_url,
+            RAFT_JUDGE_API_KEY=keys["judge"],
+            RAFT_JUDGE_MODEL="judge",
+            RAFT_EVAL_CURATION=str(curation),
+        )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return root, result, servers
+
+
+def test_a_new_recipe_sends_no_generator_request_and_runs_only_its_assets(more_recipes):
+    root, result, servers = more_recipes
+    assert servers["generator"].stats.completed == 0  # the shared upstream and the reference's answers: cached
+    assert servers["judge"].stats.completed > 0  # the new fine-tuned models' answers are judged
+    output = result.stdout
+    assert "failed" not in output and "skipped" not in output
+    for recipe in NEW_RECIPES:
+        for asset in ("raft_dataset", "fsdp_checkpoint", "hf_checkpoint", "eval_report"):
+            assert f"{asset}[{recipe}]" in output, (asset, recipe)
+        assert (root / "generated" / "recipes" / recipe / "reports" / "eval_report.json").is_file()
+    assert "experiment_report" in output
+    assert "[default]" not in output and "documents" not in output and "eval_set" not in output
+
+
+def test_the_experiment_report_compares_three_recipes_and_calibrates_the_judge(more_recipes):
+    root, _, _ = more_recipes
+    report = json.loads((root / "generated" / "reports" / "experiment_report.json").read_text())
+    assert {row["recipe"] for row in report["rows"]} == {"default", *NEW_RECIPES} and not report["excluded"]
+    for row in report["rows"]:
+        assert row["judge_accuracy"]["low"] <= row["judge_accuracy"]["mean"] <= row["judge_accuracy"]["high"]
+        compared = row["recipe"] != "default" and row["variant"].startswith("finetuned")
+        assert (row["vs_default"] is not None) == compared, row
+        if compared:
+            assert row["vs_default"]["paired_questions"] == row["questions"] == 20
+            assert row["vs_default"]["mcnemar"] is not None and row["vs_default"]["words"]
+    people = report["judge"]["with_humans"]
+    assert report["judge"]["human_verdicts"] == PLANTED
+    assert people["n"] == PLANTED and people["agreed"] == PLANTED - DISAGREEING
+    assert report["judge"]["self_consistency"]["n"] > 0
+    markdown = (root / "generated" / "reports" / "experiment_report.md").read_text()
+    assert f"agreement {(PLANTED - DISAGREEING) / PLANTED:.2f} ({PLANTED - DISAGREEING} of {PLANTED})" in markdown

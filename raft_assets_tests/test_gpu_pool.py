@@ -3,9 +3,12 @@
 import shutil
 import time
 
+import dagster as dg
 import pytest
 
-from raft_assets_tests.conftest import write_sources
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
+from raft_assets.defs.partitions import recipes
+from raft_assets_tests.conftest import QUICK_VALIDATION, write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
 
 pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
@@ -21,13 +24,18 @@ FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> str:
+    """A run of one per-recipe asset for the default recipe."""
     selector = {
         "repositoryLocationName": repository["location"]["name"],
         "repositoryName": repository["name"],
         "jobName": "__ASSET_JOB",
         "assetSelection": [{"path": [asset]}],
     }
-    params = {"selector": selector, "runConfigData": {"ops": {asset: {"config": config}}}}
+    params = {
+        "selector": selector,
+        "runConfigData": {"ops": {asset: {"config": config}}},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DEFAULT_RECIPE}]},
+    }
     launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
@@ -49,6 +57,8 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
     checkpoint_dir = shutil.copytree(project.checkpoint_dir, tmp_path / "checkpoints")
     no_sources = write_sources(tmp_path / "sources.yaml", [])  # the sensors have nothing to add or watch
     env = dev_env(tmp_path, no_sources, RAFT_DATA_DIR=str(data_dir), RAFT_CHECKPOINT_DIR=str(checkpoint_dir))
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
 
     with dagster_dev(env) as server:
         [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
@@ -56,7 +66,10 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
             server.graphql(STOP_SENSOR, {"id": sensor["id"]})
         # One short step: the training run still lasts for seconds, long after the evaluation run has started.
         training = launch(
-            server, repository, "fsdp_checkpoint", {"max_steps": 1, "save_every_steps": 1, "context_length": 2048}
+            server,
+            repository,
+            "fsdp_checkpoint",
+            {"max_steps": 1, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION},
         )
         evaluation = launch(
             server,

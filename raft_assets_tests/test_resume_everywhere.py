@@ -46,7 +46,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli, write_sources
+from raft_assets_tests.conftest import QUICK_VALIDATION, RAFT_ASSETS, REPO, cli_env, run_cli, write_sources
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.test_end_to_end import RUN_CONFIG as END_TO_END_CONFIG
 from raft_assets_tests.test_end_to_end import generator, judge
@@ -60,7 +60,9 @@ SAVED_AT_KILL = "step_000002"  # the checkpoint that the run killed in training 
 RUN_CONFIG = {
     "ops": {
         **END_TO_END_CONFIG["ops"],
-        "fsdp_checkpoint": {"config": {"max_steps": STEPS, "save_every_steps": 2, "context_length": 2048}},
+        "fsdp_checkpoint": {
+            "config": {"max_steps": STEPS, "save_every_steps": 2, "context_length": 2048, **QUICK_VALIDATION}
+        },
     }
 }
 JUDGE_HOLD_AFTER = 4  # judge replies before the judge holds the rest: the run is then inside eval_report

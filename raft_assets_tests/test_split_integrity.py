@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from raft_assets.contracts.raft_format import question_key
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.dataset.checks import text_key
 from raft_assets.defs.curation.assets import curated_answers
 from raft_assets.defs.dataset.assets import eval_set, eval_set_disjoint_from_training, raft_dataset, raft_dataset_checks
@@ -27,7 +28,7 @@ from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.defs.training.base_model import base_model
-from raft_assets_tests.conftest import REPO, run_assets, write_sources
+from raft_assets_tests.conftest import REPO, graph_resources, run_assets, write_sources
 
 pytestmark = pytest.mark.slow  # the fixture runs the graph up to the eval set on two sources
 
@@ -103,6 +104,7 @@ def test_the_same_documents_under_two_sources_are_one_sample_each_in_one_split(t
         "instruction_documents",
         "oracle_matches_flag",
         "splits_disjoint",
+        "same_split_as_default",
         "disjoint_from_training",
     }
     assert all(e.passed for e in evaluations.values())
@@ -121,13 +123,19 @@ def test_a_text_held_by_both_sources_is_one_chunk_with_both_provenances(twice_so
     )
 
 
-def run_check(project: ProjectPaths, instance: dg.DagsterInstance, check: dg.AssetChecksDefinition) -> dict:
-    """The check's evaluations (by name), run alone on the files as they are now."""
+def run_check(
+    project: ProjectPaths, instance: dg.DagsterInstance, check: dg.AssetChecksDefinition, recipe: str = DEFAULT_RECIPE
+) -> dict:
+    """The check's evaluations (by name), run alone on the files as they are now (of `recipe`, for the checks of
+    raft_dataset: a run of a check alone names its partition by the run's tag)."""
+    from raft_assets.definitions import defs
+
     result = dg.materialize(
-        [raft_dataset, eval_set, check],
+        [*defs.assets, *defs.asset_checks],
         selection=dg.AssetSelection.checks(check),
+        tags={"dagster/partition": recipe} if check is raft_dataset_checks else None,
         instance=instance,
-        resources={"paths": project},
+        resources=graph_resources(project),
         raise_on_error=False,  # a failing blocking check fails its step
     )
     return {e.check_name: e for e in result.get_asset_check_evaluations()}

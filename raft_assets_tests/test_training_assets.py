@@ -18,11 +18,13 @@ from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raft_assets.contracts.layout import LATEST_RUN
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
+from raft_assets.defs.partitions import recipes
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.training.assets import fsdp_checkpoint, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
 from raft_assets.training.checkpoint import PROBE_FILE, latest_checkpoint
-from raft_assets_tests.conftest import run_assets
+from raft_assets_tests.conftest import QUICK_VALIDATION, run_assets
 from raft_assets_tests.test_file_modes import expected_modes, modes, umask
 
 
@@ -44,7 +46,9 @@ def matches_training(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluati
 
 
 def fine_tune(project, instance, **settings) -> FineTune:
-    config = {"fsdp_checkpoint": {"config": {"save_every_steps": 2, "context_length": 2048, **settings}}}
+    config = {
+        "fsdp_checkpoint": {"config": {"save_every_steps": 2, "context_length": 2048, **QUICK_VALIDATION, **settings}}
+    }
     result = run_assets(project, instance, [fsdp_checkpoint, hf_checkpoint], config=config)
     trained, exported = metadata(result, "fsdp_checkpoint"), metadata(result, "hf_checkpoint")
     folders = (Path(trained["path"]), Path(exported["path"]))
@@ -138,9 +142,17 @@ def copy_run(run_dir: Path, checkpoint_dir: Path) -> Path:
 
 
 def export(checkpoint_dir: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """`hf_checkpoint` alone, as Dagster runs it; a failed check fails the run instead of raising."""
+    """`hf_checkpoint` of the default recipe alone, as Dagster runs it; a failed check fails the run instead of
+    raising."""
     paths = ProjectPaths(checkpoint_dir=str(checkpoint_dir))
-    return dg.materialize([hf_checkpoint], instance=instance, resources={"paths": paths}, raise_on_error=False)
+    instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
+    return dg.materialize(
+        [hf_checkpoint],
+        partition_key=DEFAULT_RECIPE,
+        instance=instance,
+        resources={"paths": paths},
+        raise_on_error=False,
+    )
 
 
 def swap_layers(step_folder: Path, first: int, second: int) -> None:

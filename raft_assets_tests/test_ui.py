@@ -10,37 +10,17 @@ import re
 import shutil
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from raft_assets.definitions import defs
+from raft_assets_tests.browser import NEEDS_CHROMIUM, TIMEOUT_MS, chromium_page
 from raft_assets_tests.conftest import REPO
 from raft_assets_tests.dagster_dev import DagsterDev
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# No network, no first-run or background work: the browser only talks to the local `dagster dev`.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The UI's "Join the Dagster community" dialog stays away once dismissed in the browser's local storage.
 DISMISS_COMMUNITY_DIALOG = "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
 SCREENSHOT = REPO / "docs" / "images" / "lineage.png"
-TIMEOUT_MS = 60_000  # a busy 2-core machine with other tests in parallel
-
-expect.set_options(timeout=TIMEOUT_MS)
-pytestmark = [
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK),
-        reason="Chromium is not installed (apt-get install chromium); .ci/run installs it",
-    ),
-    pytest.mark.browser,
-    pytest.mark.dagster_dev,
-]
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.browser, pytest.mark.dagster_dev]
 
 DOCUMENTS_PARTITIONS = """{ assetNodes(assetKeys: [{path: ["documents"]}]) {
   assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } } } }"""
@@ -48,16 +28,8 @@ DOCUMENTS_PARTITIONS = """{ assetNodes(assetKeys: [{path: ["documents"]}]) {
 
 @pytest.fixture
 def page():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1000})
-            context.add_init_script(DISMISS_COMMUNITY_DIALOG)
-            page = context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(1600, 1000, DISMISS_COMMUNITY_DIALOG) as page:
+        yield page
 
 
 def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_server: DagsterDev, tmp_path, page: Page):

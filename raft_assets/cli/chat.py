@@ -18,10 +18,11 @@ import openai
 from transformers.utils import logging as transformers_logging
 
 from raft_assets.contracts.layout import Layout
-from raft_assets.contracts.raft_format import normalized, quoted_spans
+from raft_assets.contracts.raft_format import quoted_spans
 from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, TransformersBackend, stream_endpoint
 from raft_assets.llm.client import Endpoint
 from raft_assets.retrieval.retriever import RetrievedChunk, Retriever
+from raft_assets.serving.sources import quoting_chunk
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import missing_files
 
@@ -102,11 +103,17 @@ def newest_checkpoint(layout: Layout) -> Path:
     return folder
 
 
-def checkpoint_answerer(args: argparse.Namespace, layout: Layout) -> Answerer:
-    folder = args.checkpoint or newest_checkpoint(layout)
+def checkpoint_folder(given: Path | None, layout: Layout) -> Path:
+    """The checkpoint to load: `given`, else the newest fine-tuned; ChatError when it is not a checkpoint."""
+    folder = given or newest_checkpoint(layout)
     missing = missing_files(folder) if folder.is_dir() else ["the folder itself"]
     if missing:
         raise ChatError(f"{folder} is not a checkpoint to load: missing {', '.join(missing)}")
+    return folder
+
+
+def checkpoint_answerer(args: argparse.Namespace, layout: Layout) -> Answerer:
+    folder = checkpoint_folder(args.checkpoint, layout)
     print(f"Loading {folder}...", file=sys.stderr)
     return TransformersBackend(folder, batch_size=1, max_new_tokens=args.max_new_tokens, device=args.device).stream
 
@@ -159,12 +166,6 @@ def describe(chunk: RetrievedChunk) -> str:
     """Title, source and uri of the chunk's document, and the chunk id."""
     where = ", ".join(part for part in (chunk.source, chunk.uri) if part)
     return f"{chunk.title or '(untitled)'} ({where}; chunk {chunk.chunk_id[:12]})"
-
-
-def quoting_chunk(span: str, chunks: list[RetrievedChunk]) -> RetrievedChunk | None:
-    """The first (best-ranked) retrieved chunk containing the quote, ignoring case and whitespace."""
-    wanted = normalized(span)
-    return next((chunk for chunk in chunks if wanted and wanted in normalized(chunk.text)), None)
 
 
 def print_sources(answer_text: str, chunks: list[RetrievedChunk]) -> None:

@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from raft_assets.contracts.recipes import DEFAULT_RECIPE, RecipesError
 from raft_assets.contracts.sources import SourcesError
 from raft_assets.definitions import defs
 from raft_assets.defs.automation.sensors import partition_changes
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.instance import fail_dead_runs, local_instance, runner_tags
-from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.partitions import doc_sources, recipes
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.generation.extractive import STAND_IN_NOTE
 from raft_assets.settings import load_settings
@@ -33,12 +34,12 @@ GENERATED = {questions.key, cot_answers.key}  # what the extractive stand-in wri
 
 
 class RunError(Exception):
-    """A run that cannot start: bad selection, unknown source, invalid sources file."""
+    """A run that cannot start: bad selection, unknown source or recipe, invalid sources or experiments file."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one asset (one partition of it, for per-source assets) in the run."""
+    """What happened to one asset (one partition of it, for per-source and per-recipe assets) in the run."""
 
     asset: str
     partition: str | None
@@ -69,8 +70,8 @@ def run_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         run_config = load_run_config(args.config)
-        report = materialize(args.select, args.source, instance, run_config, verbose=args.verbose)
-    except (RunError, SourcesError) as error:
+        report = materialize(args.select, Only(args.source, args.recipe), instance, run_config, verbose=args.verbose)
+    except (RunError, SourcesError, RecipesError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
     print_summary(report, time.monotonic() - started, instance)
@@ -97,30 +98,85 @@ def run_config_for(keys: list[dg.AssetKey], config: dict[str, Any], verbose: boo
     return narrowed if verbose else {**narrowed, "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+@dataclass(frozen=True)
+class Only:
+    """The partitions named by --source and --recipe (None: every one)."""
+
+    sources: list[str] | None = None
+    recipes: list[str] | None = None
+
+
 def materialize(
-    selection: str, sources: list[str] | None, instance: dg.DagsterInstance, config: dict[str, Any], verbose: bool
+    selection: str | None, only: Only, instance: dg.DagsterInstance, config: dict[str, Any], verbose: bool
 ) -> RunReport:
-    """Run the selected per-source assets partition by partition, then the other selected assets."""
+    """Run the selected per-source assets partition by partition; then, recipe by recipe (`default` first, with the
+    unpartitioned assets they read), the per-recipe assets; then the assets over every recipe. Without a selection:
+    every asset, or with --recipe alone, the recipes' assets and what reads every recipe (a new recipe's run)."""
     asset_graph = defs.resolve_asset_graph()
-    keys = resolve_selection(selection, asset_graph)
+    if selection is None and only.recipes and not only.sources:
+        keys = recipe_assets(asset_graph)
+    else:
+        keys = resolve_selection(selection or "*", asset_graph)
     ordered = [key for key in asset_graph.toposorted_asset_keys if key in keys]
-    per_source = [key for key in ordered if asset_graph.get(key).partitions_def is not None]
-    global_keys = [key for key in ordered if asset_graph.get(key).partitions_def is None]
+    partitioned = {key: asset_graph.get(key).partitions_def for key in ordered}
+    per_source = [key for key in ordered if partitioned[key] == doc_sources]
+    per_recipe = [key for key in ordered if partitioned[key] == recipes]
+    unpartitioned = [key for key in ordered if partitioned[key] is None]
+    after_recipes = [key for key in unpartitioned if reads_every_recipe(asset_graph, key)]
+    with_default = [key for key in unpartitioned if key not in after_recipes]
 
     report = RunReport([], [])
     if keys & GENERATED and not generator_configured(config):
         console.print(f"[yellow]![/yellow] {escape(STAND_IN_NOTE[0].upper() + STAND_IN_NOTE[1:])}.")
     paths = ProjectPaths.from_settings(load_settings())
-    partition_keys = sync_partitions(instance, paths, only=sources) if per_source else []
-    for partition_key in partition_keys:
+    sources = Entries("source", paths.sources_file, [spec.name for spec in paths.sources()]) if per_source else None
+    source_keys = sync_partitions(instance, doc_sources, sources, only.sources) if sources else []
+    for partition_key in source_keys:
         console.print(f"[bold]▶[/bold] {names(per_source)} for source {escape(partition_key)}")
         add_result(report, execute(instance, per_source, config, verbose, partition_key), per_source, partition_key)
-    if global_keys and report.problems:
-        report.outcomes += [Outcome(key.to_user_string(), None, "skipped") for key in global_keys]
-    elif global_keys:
-        console.print(f"[bold]▶[/bold] {names(global_keys)}")
-        add_result(report, execute(instance, global_keys, config, verbose), global_keys, None)
+    recipe_names = Entries("recipe", paths.experiments_file, [r.name for r in paths.recipes()]) if per_recipe else None
+    recipe_keys = sync_partitions(instance, recipes, recipe_names, only.recipes) if recipe_names else []
+    if with_default and DEFAULT_RECIPE not in recipe_keys:
+        run_after(report, with_default, instance, config, verbose)
+    for recipe in recipe_keys:
+        selected = [*with_default, *per_recipe] if recipe == DEFAULT_RECIPE else per_recipe
+        run_after(report, selected, instance, config, verbose, recipe)
+    run_after(report, after_recipes, instance, config, verbose)
     return report
+
+
+def recipe_assets(asset_graph: dg.AssetGraph) -> set[dg.AssetKey]:
+    """The per-recipe assets, and the assets that read every recipe (the experiment report)."""
+    keys = asset_graph.get_all_asset_keys()
+    return {
+        key for key in keys if asset_graph.get(key).partitions_def == recipes or reads_every_recipe(asset_graph, key)
+    }
+
+
+def reads_every_recipe(asset_graph: dg.AssetGraph, key: dg.AssetKey) -> bool:
+    """Whether an unpartitioned asset reads per-recipe assets and none reads it (experiment_report): it runs after
+    every recipe, while the others (the index, the eval set) run with the default recipe."""
+    per_recipe = {k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).partitions_def == recipes}
+    read_by_a_recipe = any(key in asset_graph.get_ancestor_asset_keys(k) for k in per_recipe)
+    return bool(asset_graph.get_ancestor_asset_keys(key) & per_recipe) and not read_by_a_recipe
+
+
+def run_after(
+    report: RunReport,
+    keys: list[dg.AssetKey],
+    instance: dg.DagsterInstance,
+    config: dict[str, Any],
+    verbose: bool,
+    recipe: str | None = None,
+) -> None:
+    """Run `keys` (for `recipe`), or mark them skipped when an earlier run of this command failed."""
+    if not keys:
+        return
+    if report.problems:
+        report.outcomes += [Outcome(key.to_user_string(), recipe, "skipped") for key in keys]
+        return
+    console.print(f"[bold]▶[/bold] {names(keys)}" + (f" for recipe {escape(recipe)}" if recipe else ""))
+    add_result(report, execute(instance, keys, config, verbose, recipe), keys, recipe)
 
 
 def generator_configured(config: dict[str, Any]) -> bool:
@@ -169,19 +225,31 @@ def resolve_selection(selection: str, asset_graph: dg.AssetGraph) -> set[dg.Asse
         raise RunError(f"{error}\nKnown assets: {known}") from None
 
 
-def sync_partitions(instance: dg.DagsterInstance, paths: ProjectPaths, only: list[str] | None) -> list[str]:
-    """Make the `doc_sources` partitions match the sources file; return the keys to run, in file order."""
-    wanted = [spec.name for spec in paths.sources()]
-    added, removed = partition_changes(instance.get_dynamic_partitions(doc_sources.name), wanted)
+@dataclass(frozen=True)
+class Entries:
+    """The names in the sources or experiments file: the partitions there should be."""
+
+    what: str  # source, recipe
+    file: str
+    names: list[str]
+
+
+def sync_partitions(
+    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, entries: Entries, only: list[str] | None
+) -> list[str]:
+    """Make the partitions match the file's entries; return the keys to run, in file order."""
+    wanted = entries.names
+    added, removed = partition_changes(instance.get_dynamic_partitions(partitions.name), wanted)
     if added:
-        instance.add_dynamic_partitions(doc_sources.name, added)
+        instance.add_dynamic_partitions(partitions.name, added)
     for key in removed:
-        instance.delete_dynamic_partition(doc_sources.name, key)
+        instance.delete_dynamic_partition(partitions.name, key)
     if not only:
         return wanted
     unknown = [name for name in only if name not in wanted]
     if unknown:
-        raise RunError(f"unknown source {', '.join(unknown)}; sources in {paths.sources_file}: {', '.join(wanted)}")
+        what = entries.what
+        raise RunError(f"unknown {what} {', '.join(unknown)}; {what}s in {entries.file}: {', '.join(wanted)}")
     return [name for name in wanted if name in only]
 
 

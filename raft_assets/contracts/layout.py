@@ -11,22 +11,28 @@
              raft_test.jsonl, raft_chat.jsonl
         eval/eval_set.json                    eval_set
         reports/eval_report.{md,json}, *.png  eval_report
+        reports/experiment_report.{md,json,png}  experiment_report: the recipes side by side
+        recipes/<recipe>/raft/, reports/      raft_dataset and eval_report of a recipe other than `default`
         llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
         llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
     <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
         base/base_model.json                  base_model: which model to fine-tune (base/tiny/ when built)
         fsdp/<run>/, fsdp/latest_run          fsdp_checkpoint: a run's DCP checkpoints; the newest run's name
         hf/<run>/, hf/latest_run              hf_checkpoint: the run exported; the newest export's name
+        recipes/<recipe>/fsdp/, hf/           fsdp_checkpoint and hf_checkpoint of a recipe other than `default`
 
-A source name becomes a file name only if the sources file would accept it (`contracts.sources`): a partition
-key added by hand (`../x`) never reads or writes outside `data_dir`.
+A source or recipe name becomes a file name only if the sources file would accept it (`contracts.sources`): a
+partition key added by hand (`../x`) never reads or writes outside `data_dir`. The `default` recipe keeps the paths
+above; another recipe's `Layout` (`of_recipe`) puts what depends on the recipe under `recipes/<recipe>/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.contracts.sources import SOURCE_NAME_PATTERN, is_valid_source_name
 from raft_assets.files import write_text_atomically
 
@@ -35,7 +41,7 @@ LATEST_RUN = "latest_run"
 
 
 class InvalidSourceName(ValueError):
-    """A partition key that is not a valid source name, so never a file name."""
+    """A partition key that is not a valid source or recipe name, so never a file name."""
 
 
 class MissingInput(FileNotFoundError):
@@ -51,10 +57,27 @@ def under(root: str, *parts: str) -> property:
 class Layout:
     data_dir: Path
     checkpoint_dir: Path
+    recipe: str = DEFAULT_RECIPE
 
     @classmethod
     def of(cls, data_dir: str | Path, checkpoint_dir: str | Path) -> Layout:
         return cls(Path(data_dir), Path(checkpoint_dir))
+
+    def of_recipe(self, recipe: str) -> Layout:
+        """The files of `recipe`: its own dataset, runs and reports; everything else shared."""
+        if not is_valid_source_name(recipe):
+            raise InvalidSourceName(
+                f"Recipe name {recipe!r} does not follow {SOURCE_NAME_PATTERN}: remove that partition."
+            )
+        return dataclasses.replace(self, recipe=recipe)
+
+    @property
+    def recipe_data_dir(self) -> Path:
+        return self.data_dir if self.recipe == DEFAULT_RECIPE else self.data_dir / "recipes" / self.recipe
+
+    @property
+    def recipe_checkpoint_dir(self) -> Path:
+        return self.checkpoint_dir if self.recipe == DEFAULT_RECIPE else self.checkpoint_dir / "recipes" / self.recipe
 
     def stage_file(self, stage: str, source: str) -> Path:
         """`<data_dir>/<stage>/<source>.parquet`: one source partition of a per-source table."""
@@ -86,15 +109,17 @@ class Layout:
     # Every other file or folder: (the root it is under, its path there).
     index_folder = under("data_dir", "index")
     pending_index_folder = under("data_dir", ".index.pending")  # what an interrupted retrieval_index embedded
-    raft_folder = under("data_dir", "raft")
-    splits_file = under("data_dir", "raft", "splits.parquet")
     eval_set_file = under("data_dir", "eval", "eval_set.json")
-    reports_folder = under("data_dir", "reports")
+    experiment_reports_folder = under("data_dir", "reports")
     reply_cache_file = under("data_dir", "llm_cache", "replies.sqlite")
     base_folder = under("checkpoint_dir", "base")
     base_pointer_file = under("checkpoint_dir", "base", "base_model.json")
-    fsdp_folder = under("checkpoint_dir", "fsdp")
-    hf_folder = under("checkpoint_dir", "hf")
+    # The recipe's own.
+    raft_folder = under("recipe_data_dir", "raft")
+    splits_file = under("recipe_data_dir", "raft", "splits.parquet")
+    reports_folder = under("recipe_data_dir", "reports")
+    fsdp_folder = under("recipe_checkpoint_dir", "fsdp")
+    hf_folder = under("recipe_checkpoint_dir", "hf")
 
     @staticmethod
     def latest_run(folder: Path) -> Path | None:

@@ -9,6 +9,10 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+# Metadata keys that experiment_report reads from the per-recipe assets, to know whether their numbers compare.
+CHUNKS_FINGERPRINT = "chunks_fingerprint"  # the chunks raft_dataset was built from, or eval_report's index served
+EVAL_SET_VERSION = "eval_set_version"  # the data version of the eval set that eval_report answered
+
 
 def failure_rate_result(
     failures: int, total: int, what: str, bound: float, failed: pl.DataFrame, empty_rate: float = 0.0

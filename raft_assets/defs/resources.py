@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from raft_assets.contracts.layout import Layout
+from raft_assets.contracts.recipes import Recipe, RecipesError, load_recipes
 from raft_assets.contracts.sources import SourceSpec, load_sources
 from raft_assets.llm.client import (
     DEFAULT_MAX_CONCURRENCY,
@@ -28,16 +29,21 @@ from raft_assets.settings import EndpointVariables, Settings
 
 
 class ProjectPaths(dg.ConfigurableResource):
-    """The sources file and the output folders. Relative paths are relative to the working directory."""
+    """The sources and experiments files and the output folders. Relative paths are relative to the working
+    directory."""
 
     sources_file: str = "data/sources.yaml"
+    experiments_file: str = "data/experiments.yaml"
     data_dir: str = "data/generated"
     checkpoint_dir: str = "checkpoints"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProjectPaths:
         return cls(
-            sources_file=settings.sources_file, data_dir=settings.data_dir, checkpoint_dir=settings.checkpoint_dir
+            sources_file=settings.sources_file,
+            experiments_file=settings.experiments_file,
+            data_dir=settings.data_dir,
+            checkpoint_dir=settings.checkpoint_dir,
         )
 
     @property
@@ -53,6 +59,22 @@ class ProjectPaths(dg.ConfigurableResource):
         if name not in by_name:
             raise dg.Failure(
                 f"Source {name!r} is not in {self.sources_file} (sources there: {', '.join(by_name) or 'none'})."
+            )
+        return by_name[name]
+
+    def recipes(self) -> list[Recipe]:
+        """The recipes of the experiments file, `default` first (only `default` without the file)."""
+        return load_recipes(Path(self.experiments_file))
+
+    def recipe(self, name: str) -> Recipe:
+        try:
+            by_name = {recipe.name: recipe for recipe in self.recipes()}
+        except RecipesError as error:
+            raise dg.Failure(str(error)) from None
+        if name not in by_name:
+            raise dg.Failure(
+                f"Recipe {name!r} is not in {self.experiments_file} (recipes there: {', '.join(by_name)}): remove the "
+                "partition or add the recipe."
             )
         return by_name[name]
 

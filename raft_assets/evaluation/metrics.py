@@ -35,6 +35,7 @@ REFUSAL_PHRASES = (
 )
 
 JUDGE_PROMPT = load_prompts()["judge"]
+JUDGE_REORDERED_PROMPT = load_prompts()["judge_reordered"]  # the answers in the other order: self-consistency
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

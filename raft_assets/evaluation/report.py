@@ -22,6 +22,8 @@ COLUMNS = [
     ("cached", "from the cache"),
 ]
 
+REPORT_MARKDOWN, REPORT_JSON = "eval_report.md", "eval_report.json"
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -94,12 +96,12 @@ def plot_scores(summaries: dict[str, dict[str, Any]], metric: str, path: Path, t
 def write_report(folder: Path, summaries: dict, answers: dict, notes: list[str], headline: str) -> dict[str, Path]:
     disagreeing = disagreements(answers)
     markdown = markdown_report(summaries, disagreeing, notes)
-    write_text_atomically(folder / "eval_report.md", markdown)
+    write_text_atomically(folder / REPORT_MARKDOWN, markdown)
     payload = {"notes": notes, "systems": summaries, "answers": answers, "disagreements": disagreeing}
-    write_text_atomically(folder / "eval_report.json", json.dumps(payload, ensure_ascii=False, indent=1))
+    write_text_atomically(folder / REPORT_JSON, json.dumps(payload, ensure_ascii=False, indent=1))
     return {
-        "markdown": folder / "eval_report.md",
-        "json": folder / "eval_report.json",
+        "markdown": folder / REPORT_MARKDOWN,
+        "json": folder / REPORT_JSON,
         "scores_plot": plot_scores(summaries, headline, folder / "scores.png", f"{headline} by system"),
         "refusals_plot": plot_scores(summaries, "refusal_rate", folder / "refusals.png", "refusal rate by system"),
     }

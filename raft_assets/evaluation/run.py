@@ -14,8 +14,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from raft_assets.contracts.prompts import Prompt
 from raft_assets.contracts.tables import EXTRACTIVE_MODEL
-from raft_assets.evaluation.metrics import JUDGE_PROMPT, aggregate, extract_answer, parse_judgement, score_question
+from raft_assets.evaluation.metrics import (
+    JUDGE_PROMPT,
+    JUDGE_REORDERED_PROMPT,
+    aggregate,
+    extract_answer,
+    parse_judgement,
+    score_question,
+)
 from raft_assets.inference.answering import AnswerBackend, AnswerRequest
 from raft_assets.llm.asking import ask
 from raft_assets.llm.client import ChatClient, Endpoint
@@ -24,10 +32,12 @@ from raft_assets.llm.reply_cache import ReplyCache
 
 @dataclass(frozen=True)
 class System:
-    """A model to evaluate: its name, and how to open its answering backend."""
+    """A model to evaluate: its name, how to open its answering backend, and its own variants (None: the evaluation's;
+    a `raft-assets serve` endpoint retrieves its own top k documents, so it has one, `RAG k=<its k>`)."""
 
     name: str
     backend: Callable[[], AbstractContextManager[AnswerBackend]]
+    variants: tuple[int | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ def evaluate(
     evaluation = Evaluation()
     for system in systems:
         with system.backend() as backend:
-            for k in variants:
+            for k in variants if system.variants is None else system.variants:
                 answer_variant(evaluation, system.name, backend, items, k, log)
     verdicts = {}
     if judge is not None:
@@ -107,19 +117,26 @@ def answer_variant(
     evaluation.documents_of[variant] = k
 
 
-def judge_rows(judge: Endpoint, cache: ReplyCache, rows: list[dict[str, Any]], attempts: int) -> list[bool | None]:
+def judge_rows(
+    judge: Endpoint, cache: ReplyCache, rows: list[dict[str, Any]], attempts: int, reordered: bool = False
+) -> list[bool | None]:
+    """The judge's verdict on each row's final answer; `reordered`: asked with the two answers in the other order
+    (`judge_reordered`), a new request, for the judge's self-consistency."""
     triples = [(row["question"], row["reference"], extract_answer(row["answer"])) for row in rows]
-    return asyncio.run(judge_all(judge, cache, triples, attempts))
+    prompt = JUDGE_REORDERED_PROMPT if reordered else JUDGE_PROMPT
+    return asyncio.run(judge_all(judge, cache, triples, attempts, prompt))
 
 
-async def judge_all(judge: Endpoint, cache: ReplyCache, items: list[tuple[str, str, str]], attempts: int):
+async def judge_all(
+    judge: Endpoint, cache: ReplyCache, items: list[tuple[str, str, str]], attempts: int, prompt: Prompt = JUDGE_PROMPT
+):
     """The judge's verdict on each (question, reference, student answer): True, False, or None (it failed)."""
     async with ChatClient(judge, cache) as client:
         outcomes = await asyncio.gather(
             *(
                 ask(
                     client,
-                    JUDGE_PROMPT,
+                    prompt,
                     {"question": q, "reference_answer": r, "student_answer": s},
                     parse_judgement,
                     attempts,
@@ -151,6 +168,7 @@ def summarize(
     ]
     for row, score in zip(rows, scores, strict=True):
         row["correct"] = score.judgement if score.judgement is not None else bool(score.exact_match)
+        row["judgement"] = score.judgement  # None: not judged, or the judge failed
     return {
         **aggregate(scores),
         "seconds_per_answer": seconds_per_answer(rows),

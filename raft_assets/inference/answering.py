@@ -15,6 +15,7 @@ documents differ, which is what a with/without-context comparison should measure
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import os
 import threading
@@ -26,7 +27,13 @@ from typing import Any, Protocol
 
 import openai
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    TextIteratorStreamer,
+)
 
 from raft_assets.contracts.prompts import Prompt, load_prompts
 from raft_assets.contracts.raft_format import chat_messages, documents_block, without_document_tags
@@ -34,6 +41,9 @@ from raft_assets.llm.client import ChatClient, Endpoint, RequestFailed, Usage
 from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
 
 DEFAULT_MAX_NEW_TOKENS = 512
+# What a `raft-assets serve` endpoint is asked (`EndpointBackend(prompt=SERVED_PROMPT)`): the question alone, since
+# the service retrieves the documents and builds the fine-tuning prompt itself.
+SERVED_PROMPT = Prompt(name="served", version=1, system="", user="{question}", params={})
 STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>")  # Llama 3's end of turn and end of text, when the vocabulary has them
 
 
@@ -76,6 +86,15 @@ def answer_messages(request: AnswerRequest) -> list[dict[str, str]]:
     """The chat messages of the request: system and user, exactly as in fine-tuning."""
     values = prompt_values(request)
     return chat_messages(values["question"], values["context"])
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, requests: list[AnswerRequest]) -> list[list[int]]:
+    """Token ids of each request's prompt: the chat template with the assistant's header, as in training."""
+    texts = [
+        tokenizer.apply_chat_template(answer_messages(request), tokenize=False, add_generation_prompt=True)
+        for request in requests
+    ]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def greedy_params(max_new_tokens: int) -> dict[str, Any]:
@@ -139,12 +158,7 @@ class TransformersBackend:
         return sorted({token for token in ids if token is not None and token != unknown})
 
     def prompt_ids(self, requests: list[AnswerRequest]) -> list[list[int]]:
-        """Token ids of each request's prompt: the chat template with the assistant's header, as in training."""
-        texts = [
-            self.tokenizer.apply_chat_template(answer_messages(request), tokenize=False, add_generation_prompt=True)
-            for request in requests
-        ]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return prompt_ids(self.tokenizer, requests)
 
     def _too_long(self, ids: list[int]) -> str | None:
         """Why the prompt cannot be answered within the model's context, or None when it can."""
@@ -156,11 +170,17 @@ class TransformersBackend:
             f"context of {self.context_length}"
         )
 
-    def generate(self, prompts: list[list[int]]) -> list[str]:
-        """Greedy answers to a batch of prompts (token ids), left-padded; blocking."""
+    def generate(self, prompts: list[list[int]], max_new_tokens: int | None = None, **options: Any) -> list[str]:
+        """Greedy answers to a batch of prompts (token ids), left-padded; blocking.
+
+        `max_new_tokens`: this batch's limit instead of the backend's; `options` go to `model.generate` (a streamer,
+        stopping criteria).
+        """
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens = max_new_tokens or config.max_new_tokens
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         with self._lock, torch.inference_mode():
-            output = self.model.generate(**batch, generation_config=self.generation_config)
+            output = self.model.generate(**batch, generation_config=config, **options)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -234,12 +254,18 @@ class EndpointBackend:
     """
 
     def __init__(
-        self, endpoint: Endpoint, cache: ReplyCache, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, name: str = ""
+        self,
+        endpoint: Endpoint,
+        cache: ReplyCache,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        name: str = "",
+        prompt: Prompt | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.cache = cache
         self.name = name or f"endpoint:{endpoint.model}"
-        self.prompt: Prompt = dataclasses.replace(load_prompts()["raft_chat"], params=greedy_params(max_new_tokens))
+        asked = prompt or load_prompts()["raft_chat"]
+        self.prompt: Prompt = dataclasses.replace(asked, params=greedy_params(max_new_tokens))
         self.usage = Usage()
 
     async def answer_all(self, requests: list[AnswerRequest]) -> list[Answer]:

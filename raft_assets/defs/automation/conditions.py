@@ -9,8 +9,8 @@ downstream of that partition are requested one stage after another, each only wh
 import dagster as dg
 
 # Longer than the longest path in the asset graph (documents -> chunks -> questions -> cot_answers ->
-# curated_answers -> raft_dataset -> fsdp_checkpoint -> hf_checkpoint -> eval_report).
-UPSTREAM_DEPTH = 9
+# curated_answers -> raft_dataset -> fsdp_checkpoint -> hf_checkpoint -> eval_report -> experiment_report).
+UPSTREAM_DEPTH = 10
 
 
 def upstream_busy(depth: int = UPSTREAM_DEPTH) -> dg.AutomationCondition:

@@ -1,11 +1,12 @@
-"""The sensors: sources added to or removed from the sources file, and changed files in local sources."""
+"""The sensors: sources added to or removed from the sources file, recipes to or from the experiments file, and
+changed files in local sources."""
 
 import dagster as dg
 
 from raft_assets.contracts.sources import LocalSource
-from raft_assets.defs.automation.jobs import crawl_job, per_source_job
+from raft_assets.defs.automation.jobs import crawl_job, per_recipe_job, per_source_job
 from raft_assets.defs.ingestion.assets import FILES_FINGERPRINT, documents
-from raft_assets.defs.partitions import doc_sources
+from raft_assets.defs.partitions import doc_sources, recipes
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.ingestion.local_files import folder_fingerprint
 
@@ -24,17 +25,32 @@ def partition_changes(existing: list[str], wanted: list[str]) -> tuple[list[str]
     description="Adds a partition for each new source in the sources file (and materializes it), removes gone ones.",
 )
 def doc_sources_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths) -> dg.SensorResult | dg.SkipReason:
-    wanted = [spec.name for spec in paths.sources()]
-    added, removed = partition_changes(context.instance.get_dynamic_partitions(doc_sources.name), wanted)
+    return synced(context, doc_sources, [spec.name for spec in paths.sources()], f"sources in {paths.sources_file}")
+
+
+@dg.sensor(
+    job=per_recipe_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds a partition for each new recipe in the experiments file (and materializes it), removes gone "
+    "ones.",
+)
+def recipes_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths) -> dg.SensorResult | dg.SkipReason:
+    names = [recipe.name for recipe in paths.recipes()]
+    return synced(context, recipes, names, f"recipes in {paths.experiments_file}")
+
+
+def synced(
+    context: dg.SensorEvaluationContext, partitions: dg.DynamicPartitionsDefinition, wanted: list[str], what: str
+) -> dg.SensorResult | dg.SkipReason:
+    """The partitions made to match `wanted`, and a run of the sensor's job for each one added."""
+    added, removed = partition_changes(context.instance.get_dynamic_partitions(partitions.name), wanted)
     if not added and not removed:
-        return dg.SkipReason(f"The {len(wanted)} sources in {paths.sources_file} are all partitions already.")
-    context.log.info(f"sources added: {added or 'none'}; removed: {removed or 'none'}")
+        return dg.SkipReason(f"The {len(wanted)} {what} are all partitions already.")
+    context.log.info(f"{partitions.name} added: {added or 'none'}; removed: {removed or 'none'}")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=name) for name in added],
-        dynamic_partitions_requests=[
-            doc_sources.build_add_request(added),
-            doc_sources.build_delete_request(removed),
-        ],
+        dynamic_partitions_requests=[partitions.build_add_request(added), partitions.build_delete_request(removed)],
     )
 
 

@@ -1,7 +1,9 @@
-"""The unpartitioned dataset assets over every source: `raft_dataset` and `eval_set`, and their checks.
+"""The dataset assets over every source: `raft_dataset` (one partition per recipe) and `eval_set`, and their checks.
 
 The checks are asset checks of their own, run after the files are written and reading them back
-(`dataset/checks.py`), so they verify what a trainer or an evaluator will read, not the plan that wrote it.
+(`dataset/checks.py`), so they verify what a trainer or an evaluator will read, not the plan that wrote it. The eval
+set is drawn once, from the `default` recipe's split; every other recipe must split the documents the same way
+(`same_split_as_default`), so that no recipe trains on an eval document and every recipe's results are paired.
 """
 
 import json
@@ -14,8 +16,9 @@ import polars as pl
 from pydantic import Field
 
 from raft_assets.contracts.corpus import read_corpus
-from raft_assets.contracts.layout import RAFT_FILES
+from raft_assets.contracts.layout import RAFT_FILES, Layout
 from raft_assets.contracts.raft_format import without_document_tags
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.contracts.tables import EVAL_COLUMNS, EVAL_SCHEMA, read_all_partitions
 from raft_assets.dataset.builder import FEW_DOCUMENTS, SPLITS, DatasetOptions, build_dataset, percentiles
 from raft_assets.dataset.checks import EXAMPLES, SplitContents, describe_overlaps, overlaps, record_problems
@@ -27,13 +30,14 @@ from raft_assets.defs.curation.assets import curated_answers as curated_answers_
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.launchpad import config_class
-from raft_assets.defs.metadata import column_schema, file_link, markdown_preview, table_metadata
-from raft_assets.defs.partitions import doc_sources, every_source
+from raft_assets.defs.metadata import CHUNKS_FINGERPRINT, column_schema, file_link, markdown_preview, table_metadata
+from raft_assets.defs.partitions import default_recipe, doc_sources, every_partition, recipes
+from raft_assets.defs.recipes import recipe_metadata, recipe_run, with_overrides
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.defs.training.base_model import base_model
 from raft_assets.files import write_text_atomically
-from raft_assets.hashing import content_hash
+from raft_assets.hashing import chunks_fingerprint, content_hash
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import load_tokenizer, read_pointer
@@ -56,11 +60,12 @@ class EvalSetConfig(dg.Config):
 @dg.asset(
     group_name="dataset",
     kinds={"python", "jsonl"},
+    partitions_def=recipes,
     deps=[
-        every_source(chunks),
-        every_source(questions),
-        every_source(cot_answers),
-        every_source(curated_answers_asset),
+        every_partition(chunks),
+        every_partition(questions),
+        every_partition(cot_answers),
+        every_partition(curated_answers_asset),
         retrieval_index,
         base_model,
     ],
@@ -69,9 +74,10 @@ def raft_dataset(
     context: dg.AssetExecutionContext, config: RaftDatasetConfig, paths: ProjectPaths
 ) -> dg.MaterializeResult:
     """RAFT records in the seed's `hf` format (and as chat messages), split by document into train and test, from
-    the questions that curation kept."""
-    options = DatasetOptions(**config.model_dump())
-    layout = paths.layout
+    the questions that curation kept; the run config's settings with the recipe's `dataset` overrides."""
+    run = recipe_run(context, paths)
+    options = DatasetOptions(**with_overrides(config, run.recipe, "dataset"))
+    layout = run.layout
     samples, passages, curated = load_samples(
         layout, context.instance.get_dynamic_partitions(doc_sources.name), options.require_quotes_ok
     )
@@ -105,6 +111,7 @@ def raft_dataset(
     return dg.MaterializeResult(
         metadata={
             **file_link(layout.raft_folder),
+            **recipe_metadata(run.recipe),
             "dagster/row_count": written,
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],
@@ -113,6 +120,7 @@ def raft_dataset(
             **{f"{split}_documents": built.documents_per_split[split] for split in SPLITS},
             **({"split_warning": "; ".join(small)} if small else {}),
             NUM_DISTRACTORS: options.num_distractors,
+            CHUNKS_FINGERPRINT: chunks_fingerprint(passage.chunk_id for passage in passages),
             "oracle_present_share": stats.oracle_included / written if written else 0.0,
             "refusal_share": stats.refusals / written if written else 0.0,
             "hard_distractor_share": stats.hard_distractors / stats.distractors if stats.distractors else 0.0,
@@ -153,12 +161,20 @@ def raft_dataset(
             description="raft_train.jsonl and raft_test.jsonl share no document, oracle chunk or question, "
             "and no test oracle is shown in a training record.",
         ),
+        dg.AssetCheckSpec(
+            "same_split_as_default",
+            asset=raft_dataset,
+            blocking=True,
+            description="The recipe's splits.parquet puts every document in the split that the default recipe's "
+            "puts it in: the eval set (drawn from the default's split) holds no document it trains or tests on.",
+        ),
     ],
 )
 def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPaths) -> Iterator[dg.AssetCheckResult]:
-    """The checks of raft_dataset, on its files as written."""
-    layout = paths.layout
-    num_distractors = latest_metadata(context.instance, raft_dataset.key)[NUM_DISTRACTORS].value
+    """The checks of raft_dataset, on the recipe's files as written."""
+    layout = recipe_run(context, paths).layout
+    metadata = latest_metadata(context.instance, raft_dataset.key, layout.recipe)
+    num_distractors = metadata[NUM_DISTRACTORS].value
     problems = record_problems(layout.raft_file("all"), num_distractors)
     for name, failing in problems.failing.items():
         yield dg.AssetCheckResult(
@@ -172,6 +188,43 @@ def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPa
     train = SplitContents.of_records("train", layout.raft_file("train"))
     test = SplitContents.of_records("test", layout.raft_file("test"))
     yield overlap_result("splits_disjoint", overlaps(train, test))
+    yield same_split_as_default(layout, paths.layout)
+
+
+def same_split_as_default(layout: Layout, default: Layout) -> dg.AssetCheckResult:
+    name = "same_split_as_default"
+    if layout.recipe == DEFAULT_RECIPE:
+        return dg.AssetCheckResult(check_name=name, passed=True, description="The default recipe's split is the one.")
+    if not default.splits_file.is_file():
+        return dg.AssetCheckResult(
+            check_name=name,
+            passed=False,
+            description=f"No split of the default recipe to compare with ({default.splits_file}): materialize "
+            f"raft_dataset[{DEFAULT_RECIPE}] first.",
+        )
+    moved = split_differences(pl.read_parquet(layout.splits_file), pl.read_parquet(default.splits_file))
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=moved.is_empty(),
+        metadata={"documents_in_another_split": moved.height},
+        description=f"{moved.height} document(s) in another split than the default recipe's, e.g. "
+        + ", ".join(
+            f"{row['doc_id']} ({row['split']}, default: {row['default_split']})"
+            for row in moved.head(EXAMPLES).to_dicts()
+        )
+        if moved.height
+        else None,
+    )
+
+
+def split_differences(splits: pl.DataFrame, default: pl.DataFrame) -> pl.DataFrame:
+    """The documents that `splits` puts in another split than `default` does (or that `default` has not)."""
+    documents = splits.select("doc_id", "split").unique()
+    reference = default.select("doc_id", pl.col("split").alias("default_split")).unique()
+    joined = documents.join(reference, on="doc_id", how="left")
+    return joined.filter(pl.col("default_split").is_null() | (pl.col("split") != pl.col("default_split"))).sort(
+        "doc_id"
+    )
 
 
 @dg.asset(
@@ -179,11 +232,11 @@ def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPa
     kinds={"python", "json"},
     metadata={"dagster/column_schema": column_schema(EVAL_SCHEMA, EVAL_COLUMNS)},
     deps=[
-        raft_dataset,
-        every_source(questions),
-        every_source(cot_answers),
-        every_source(curated_answers_asset),
-        every_source(documents),
+        default_recipe(raft_dataset),
+        every_partition(questions),
+        every_partition(cot_answers),
+        every_partition(curated_answers_asset),
+        every_partition(documents),
     ],
 )
 def eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig, paths: ProjectPaths) -> dg.MaterializeResult:
@@ -254,8 +307,10 @@ def overlap_result(check_name: str, found: dict[str, list[str]]) -> dg.AssetChec
     )
 
 
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, Any]:
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized: nothing to check.")
-    return dict(event.asset_materialization.metadata)
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, Any]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()}[{partition}] has not been materialized: nothing to check.")
+    return dict(records[0].asset_materialization.metadata)

@@ -1,4 +1,4 @@
-"""The training assets: `fsdp_checkpoint` (fine-tuning) and `hf_checkpoint` (its export)."""
+"""The training assets, one partition per recipe: `fsdp_checkpoint` (fine-tuning) and `hf_checkpoint` (its export)."""
 
 import hashlib
 import json
@@ -8,11 +8,14 @@ import dagster as dg
 import torch
 from pydantic import Field
 
+from raft_assets.contracts.inline_images import inline_png
 from raft_assets.contracts.layout import Layout
 from raft_assets.defs.dataset.assets import raft_dataset
 from raft_assets.defs.deployment import gpu_op_tags
 from raft_assets.defs.launchpad import config_class
 from raft_assets.defs.metadata import file_link
+from raft_assets.defs.partitions import recipes
+from raft_assets.defs.recipes import RecipeRun, recipe_metadata, recipe_run, with_overrides
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.training.base_model import base_model
 from raft_assets.defs.training.trainer import TrainerResource
@@ -21,12 +24,14 @@ from raft_assets.settings import load_settings
 from raft_assets.training.base_model import read_pointer
 from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE
 from raft_assets.training.export import Export, export_hf_checkpoint
+from raft_assets.training.loss_plot import plot_loss_curve
 from raft_assets.training.params import Hyperparameters, TrainParams
 
 SETTINGS = load_settings()
 
 
 FineTuneConfig = config_class("FineTuneConfig", Hyperparameters)
+LOSS_PLOT = "loss_curve.png"  # in the run's folder
 
 
 def file_digest(*paths: Path) -> str:
@@ -38,13 +43,15 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def train_params(config: dg.Config, paths: ProjectPaths) -> TrainParams:
-    """The run's parameters; the run folder is named by a hash of them and of the data, so an interrupted
-    run is resumed by the next materialization, and new data or settings start a new run."""
-    layout = paths.layout
+def train_params(config: dg.Config, run: RecipeRun) -> TrainParams:
+    """The run's parameters (the run config's, with the recipe's `fine_tune` overrides); the run folder is named by
+    a hash of them and of the data, so an interrupted run is resumed by the next materialization, and new data or
+    settings start a new run."""
+    layout = run.layout
     model = read_pointer(layout)
     train_file, test_file = layout.raft_file("train"), layout.raft_file("test")
-    settings = {**config.model_dump(), "context_length": config.context_length or model.context_length}
+    settings = with_overrides(config, run.recipe, "fine_tune")
+    settings["context_length"] = settings["context_length"] or model.context_length
     run = content_hash(json.dumps(settings, sort_keys=True), str(model.path), file_digest(train_file, test_file))[:12]
     return TrainParams(
         base_model=str(model.path),
@@ -58,6 +65,7 @@ def train_params(config: dg.Config, paths: ProjectPaths) -> TrainParams:
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "torchrun"},
+    partitions_def=recipes,
     deps=[raft_dataset, base_model],
     pool="gpu",
     op_tags=gpu_op_tags(SETTINGS.train_gpus),
@@ -65,17 +73,24 @@ def train_params(config: dg.Config, paths: ProjectPaths) -> TrainParams:
 def fsdp_checkpoint(
     context: dg.AssetExecutionContext, config: FineTuneConfig, paths: ProjectPaths, trainer: TrainerResource
 ) -> dg.MaterializeResult:
-    """Fine-tune the base model on raft_train.jsonl with FSDP2 under torchrun; sharded DCP checkpoints."""
-    params = train_params(config, paths)
+    """Fine-tune the base model on the recipe's raft_train.jsonl with FSDP2 under torchrun; sharded DCP
+    checkpoints."""
+    run = recipe_run(context, paths)
+    params = train_params(config, run)
     run_dir = Path(params.output_dir)
     resuming = (run_dir / LATEST_FILE).is_file()
     context.log.info(f"{'Resuming' if resuming else 'Starting'} run {run_dir.name} in {run_dir}")
     result = trainer.run(context, params.save(run_dir / PARAMS_FILE))
     Layout.set_latest_run(run_dir)
+    reported = dict(result.metadata or {})
+    if curve := getattr(reported.get("loss_curve"), "value", None):
+        plot = plot_loss_curve(curve, run_dir / LOSS_PLOT)
+        reported["loss_plot"] = dg.MetadataValue.md(inline_png(plot, "loss curve"))
     return dg.MaterializeResult(
         metadata={
-            **(result.metadata or {}),
+            **reported,
             **file_link(run_dir),
+            **recipe_metadata(run.recipe),
             "run": run_dir.name,
             "resumed": resuming,
             "processes": trainer.processes() * trainer.nnodes,
@@ -147,17 +162,19 @@ def matches_training(export: Export, config: ExportConfig, run_dir: Path) -> dg.
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "safetensors"},
+    partitions_def=recipes,
     deps=[fsdp_checkpoint],
     check_specs=[MATCHES_TRAINING],
 )
 def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The fine-tuned model as a Hugging Face checkpoint (safetensors, config, tokenizer with chat template),
     checked against what the trained model computed."""
-    run_dir = Layout.latest_run(paths.layout.fsdp_folder)
+    layout = recipe_run(context, paths).layout
+    run_dir = Layout.latest_run(layout.fsdp_folder)
     if run_dir is None:
-        raise dg.Failure("No fine-tuning run yet: materialize fsdp_checkpoint first.")
+        raise dg.Failure(f"No fine-tuning run of recipe {layout.recipe!r} yet: materialize its fsdp_checkpoint first.")
     run = run_dir.name
-    target = paths.layout.hf_folder / run
+    target = layout.hf_folder / run
     export = export_hf_checkpoint(run_dir, target)
     Layout.set_latest_run(target)
     check = matches_training(export, config, run_dir)

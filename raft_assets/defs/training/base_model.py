@@ -9,7 +9,7 @@ from pydantic import Field
 from raft_assets.contracts.tables import read_all_partitions
 from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.metadata import file_link
-from raft_assets.defs.partitions import doc_sources, every_source
+from raft_assets.defs.partitions import doc_sources, every_partition
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.hashing import tree_fingerprint
 from raft_assets.settings import load_settings
@@ -23,7 +23,7 @@ class BaseModelConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="training", kinds={"pytorch", "huggingface"}, deps=[every_source(chunks)])
+@dg.asset(group_name="training", kinds={"pytorch", "huggingface"}, deps=[every_partition(chunks)])
 def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The model to fine-tune; `tiny` is a small Llama built locally, its tokenizer trained on the chunks."""
     sources = context.instance.get_dynamic_partitions(doc_sources.name)
