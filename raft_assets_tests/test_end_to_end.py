@@ -56,6 +56,18 @@ def parquet(data: Path, stage: str) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(data / stage / f"{source}.parquet") for source in SOURCES])
 
 
+def endpoint_env(servers: dict[str, OpenAITestServer], keys: dict[str, str]) -> dict[str, str]:
+    """The variables that point a run at the generator and judge test servers, with their keys."""
+    return {
+        "RAFT_LLM_BASE_URL": servers["generator"].base_url,
+        "RAFT_LLM_API_KEY": keys["generator"],
+        "RAFT_LLM_MODEL": "llama-70b",
+        "RAFT_JUDGE_BASE_URL": servers["judge"].base_url,
+        "RAFT_JUDGE_API_KEY": keys["judge"],
+        "RAFT_JUDGE_MODEL": "judge",
+    }
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """One full run; yields its folder, its output and the two secrets."""
@@ -72,17 +84,7 @@ def pipeline(tmp_path_factory):
         ),
     }
     with servers["generator"], servers["judge"]:
-        result = run_cli(
-            root,
-            "--config",
-            str(config),
-            RAFT_LLM_BASE_URL=servers["generator"].base_url,
-            RAFT_LLM_API_KEY=keys["generator"],
-            RAFT_LLM_MODEL="llama-70b",
-            RAFT_JUDGE_BASE_URL=servers["judge"].base_url,
-            RAFT_JUDGE_API_KEY=keys["judge"],
-            RAFT_JUDGE_MODEL="judge",
-        )
+        result = run_cli(root, "--config", str(config), **endpoint_env(servers, keys))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     yield root, result, keys, servers
 
@@ -231,12 +233,7 @@ def more_recipes(pipeline):
             "--config",
             str(root / "run_config.yaml"),
             *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
-            RAFT_LLM_BASE_URL=servers["generator"].base_url,
-            RAFT_LLM_API_KEY=keys["generator"],
-            RAFT_LLM_MODEL="llama-70b",
-            RAFT_JUDGE_BASE_URL=servers["judge"].base_url,
-            RAFT_JUDGE_API_KEY=keys["judge"],
-            RAFT_JUDGE_MODEL="judge",
+            **endpoint_env(servers, keys),
             RAFT_EVAL_CURATION=str(curation),
         )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
