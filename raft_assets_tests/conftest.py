@@ -218,14 +218,20 @@ def sample_pipeline(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dagster_dev_server(tmp_path_factory):
     """One `dagster dev` for the tests that only look at it (test_code_location, test_ui; one unit of work for xdist):
-    the sample source llama_docs, whose `documents` `raft-assets run` materialized into its DAGSTER_HOME first."""
+    the sample source llama_docs, whose `documents` `raft-assets run` materialized into its DAGSTER_HOME first, and the
+    shipped recipes, their partitions added as the recipes sensor adds them (the sensor then has nothing to run)."""
+    from raft_assets.contracts.recipes import load_recipes
     from raft_assets_tests.dagster_dev import dagster_dev, dev_env
 
     root = tmp_path_factory.mktemp("dagster_dev")
     llama_docs = {"name": "llama_docs", "kind": "local", "path": str(REPO / "data" / "llama_docs")}
     sources = write_sources(root / "sources.yaml", [llama_docs])
     env = dev_env(root, sources)  # the DAGSTER_HOME (with dagster.yaml) that run_cli uses too
+    experiments = Path(env["RAFT_EXPERIMENTS"])
+    experiments.write_bytes((REPO / "data" / "experiments.yaml").read_bytes())
     result = run_cli(root, "--select", "documents", "--source", "llama_docs", sources=sources)
     assert result.returncode == 0, result.stdout + result.stderr
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        instance.add_dynamic_partitions(recipes.name, [recipe.name for recipe in load_recipes(experiments)])
     with dagster_dev(env) as server:
         yield server

@@ -132,6 +132,7 @@ def test_keeps_the_slots_busy_without_a_setting(tmp_path: Path, slots: int) -> N
     )  # found the slots; slow start went 2 doublings past them at most
 
 
+@pytest.mark.slow  # 800 requests through a 16-slot server
 def test_backs_off_when_the_server_queues(tmp_path: Path) -> None:
     """A 16-slot server queues what is beyond its slots: latency grows, replies per second do not. The client, allowed
     1,024, settles between the slots and 2x them, instead of queueing hundreds of requests at the server."""
@@ -147,13 +148,12 @@ def test_backs_off_when_the_server_queues(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # seconds of a rate-limited server
 def test_rate_limited_server_loses_no_row_and_keeps_its_rate(tmp_path: Path) -> None:
-    """600 requests per minute, time-scaled 5x (3,000 per minute: 50 per second) so the test takes seconds, at a rate
-    that a share of one core serves while other tests run: no row fails, the server's 429s lower the level and delay
-    the requests by their Retry-After, and the rate stays at 90% of the limit or more (the bucket's first second, 50
-    requests, is not counted: it is a burst, not a rate)."""
-    per_second = 50
+    """600 requests per minute, time-scaled 10x (6,000 per minute: 100 per second) so the test takes seconds: no row
+    fails, the server's 429s lower the level and delay the requests by their Retry-After, and the rate stays at
+    90% of the limit or more (the bucket's first second, 100 requests, is not counted: it is a burst, not a rate)."""
+    per_second = 100
     server = OpenAITestServer(short_reply, latency_s=0.05, requests_per_minute=60 * per_second)
-    batch = cot_batch(75, 4)
+    batch = cot_batch(150, 4)
     with server:
         started = time.monotonic()
         outcomes, client = run(server, batch, tmp_path)

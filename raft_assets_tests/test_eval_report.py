@@ -120,6 +120,8 @@ def test_a_report_made_again_says_its_answers_are_cached_with_the_time_they_took
     assert not any("from the cache" in line for line in first["notes"])
     assert "| from the cache |" in markdown and f"| {second['systems']['base RAG k=3']['questions']} |" in markdown
     assert (first_metadata["cached_answers"].value, metadata["cached_answers"].value) == (0, answers)
+    # the scores plot shows on the asset's page itself: a PNG in the markdown, not a path to open elsewhere
+    assert metadata["scores_plot"].value.startswith("![scores by system](data:image/png;base64,iVBOR")
 
 
 def test_the_report_says_first_that_the_stand_in_wrote_the_questions(sample_pipeline):

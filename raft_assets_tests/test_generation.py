@@ -71,6 +71,7 @@ def endpoint(server: OpenAITestServer, **options) -> LLMResource:
     return LLMResource(base_url=server.base_url, model="test-model", **({"timeout_s": 2.0} | options))
 
 
+@pytest.mark.slow  # seconds of retried faults
 def test_a_partition_completes_under_injected_faults_and_nothing_is_lost(project, instance, tmp_path):
     setup_source(project, instance, write_corpus(tmp_path / "corpus", 8))
     faults = {"http_500": 0.10, "http_429": 0.05, "timeout": 0.05, "no_answer_tag": 0.10}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from raft_assets.defs.instance import TEMPLATE, fail_dead_runs
 
@@ -34,6 +35,7 @@ def gpu_run(home: Path, seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", GPU_RUN, str(seconds)], env=env, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # a run killed in a subprocess
 def test_the_slot_of_a_killed_run_is_given_back(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -75,6 +75,8 @@ def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
     run_dir = Path(trained["path"])
     assert trained["steps"] == 3 and [point["step"] for point in trained["loss_curve"]] == [1, 2, 3]
     assert trained["processes"] == 2 and not trained["resumed"]
+    assert trained["loss_plot"].startswith("![loss curve](data:image/png;base64,iVBOR")  # inline on the page
+    assert (run_dir / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert {p.name for p in (run_dir / "step_000003").iterdir()} >= {".metadata", "__0_0.distcp", PROBE_FILE}
     assert (run_dir / "train_params.yaml").is_file()
 

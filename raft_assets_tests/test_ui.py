@@ -12,6 +12,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
+from raft_assets.contracts.recipes import load_recipes
 from raft_assets.definitions import defs
 from raft_assets_tests.browser import NEEDS_CHROMIUM, TIMEOUT_MS, chromium_page
 from raft_assets_tests.conftest import REPO
@@ -63,6 +64,13 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_serve
     expect(page.get_by_text("Materialized (1)", exact=True)).to_be_visible()
     expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
     expect(page.get_by_text("llama_docs", exact=True).first).to_be_visible()
+
+    # The recipes of the experiments file are the partitions of the per-recipe assets, none materialized yet.
+    recipe_names = [recipe.name for recipe in load_recipes(REPO / "data" / "experiments.yaml")]
+    page.goto(f"{server.url}/assets/raft_dataset?view=partitions")
+    expect(page.get_by_text(f"Missing ({len(recipe_names)})", exact=True)).to_be_visible()
+    for name in recipe_names:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible()
 
 
 def wait_until_still(locator, interval_ms: int = 250) -> None:
