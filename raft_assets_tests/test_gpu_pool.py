@@ -8,7 +8,7 @@ import pytest
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.defs.partitions import recipes
-from raft_assets_tests.conftest import QUICK_VALIDATION, write_sources
+from raft_assets_tests.conftest import write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
 
 pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
@@ -64,12 +64,13 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
         [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
         for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
             server.graphql(STOP_SENSOR, {"id": sensor["id"]})
-        # One short step: the training run still lasts for seconds, long after the evaluation run has started.
+        # One short step, then the validation on the whole test file: the training run lasts for seconds, long after
+        # the evaluation run has started (with QUICK_VALIDATION it could end before the run queue starts the other).
         training = launch(
             server,
             repository,
             "fsdp_checkpoint",
-            {"max_steps": 1, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION},
+            {"max_steps": 1, "save_every_steps": 1, "context_length": 2048},
         )
         evaluation = launch(
             server,
