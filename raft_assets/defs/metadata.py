@@ -86,3 +86,13 @@ def markdown_preview(frame: pl.DataFrame, rows: int = 5, max_chars: int = 80) ->
         tbl_width_chars=10_000,
     ):
         return dg.MetadataValue.md(str(flat))
+
+
+def partition_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, Any] | None:
+    """The metadata values of the latest materialization of one partition of `key`; None before the first."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}

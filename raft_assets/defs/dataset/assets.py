@@ -9,7 +9,6 @@ set is drawn once, from the `default` recipe's split; every other recipe must sp
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -30,7 +29,14 @@ from raft_assets.defs.curation.assets import curated_answers as curated_answers_
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.launchpad import config_class
-from raft_assets.defs.metadata import CHUNKS_FINGERPRINT, column_schema, file_link, markdown_preview, table_metadata
+from raft_assets.defs.metadata import (
+    CHUNKS_FINGERPRINT,
+    column_schema,
+    file_link,
+    markdown_preview,
+    partition_metadata,
+    table_metadata,
+)
 from raft_assets.defs.partitions import default_recipe, doc_sources, every_partition, recipes
 from raft_assets.defs.recipes import recipe_metadata, recipe_run, with_overrides
 from raft_assets.defs.resources import ProjectPaths
@@ -173,8 +179,10 @@ def raft_dataset(
 def raft_dataset_checks(context: dg.AssetCheckExecutionContext, paths: ProjectPaths) -> Iterator[dg.AssetCheckResult]:
     """The checks of raft_dataset, on the recipe's files as written."""
     layout = recipe_run(context, paths).layout
-    metadata = latest_metadata(context.instance, raft_dataset.key, layout.recipe)
-    num_distractors = metadata[NUM_DISTRACTORS].value
+    metadata = partition_metadata(context.instance, raft_dataset.key, layout.recipe)
+    if metadata is None:
+        raise dg.Failure(f"raft_dataset[{layout.recipe}] has not been materialized: nothing to check.")
+    num_distractors = metadata[NUM_DISTRACTORS]
     problems = record_problems(layout.raft_file("all"), num_distractors)
     for name, failing in problems.failing.items():
         yield dg.AssetCheckResult(
@@ -305,12 +313,3 @@ def overlap_result(check_name: str, found: dict[str, list[str]]) -> dg.AssetChec
         metadata={kind: len(items) for kind, items in found.items()},
         description=describe_overlaps(found),
     )
-
-
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, Any]:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        raise dg.Failure(f"{key.to_user_string()}[{partition}] has not been materialized: nothing to check.")
-    return dict(records[0].asset_materialization.metadata)

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from raft_assets.defs.dataset.assets import raft_dataset
 from raft_assets.defs.evaluation.assets import eval_report
-from raft_assets.defs.metadata import CHUNKS_FINGERPRINT, EVAL_SET_VERSION, file_link
+from raft_assets.defs.metadata import CHUNKS_FINGERPRINT, EVAL_SET_VERSION, file_link, partition_metadata
 from raft_assets.defs.partitions import every_partition, recipes
 from raft_assets.defs.resources import LLMResource, ProjectPaths
 from raft_assets.evaluation.calibration import (
@@ -105,8 +105,8 @@ def recipe_evaluations(instance: dg.DagsterInstance, paths: ProjectPaths) -> tup
     for recipe in instance.get_dynamic_partitions(recipes.name):
         layout = paths.layout.of_recipe(recipe)
         report_file = layout.reports_folder / REPORT_JSON
-        evaluated = latest_metadata(instance, eval_report.key, recipe)
-        built = latest_metadata(instance, raft_dataset.key, recipe)
+        evaluated = partition_metadata(instance, eval_report.key, recipe)
+        built = partition_metadata(instance, raft_dataset.key, recipe)
         if not report_file.is_file() or evaluated is None or built is None:
             missing.append(recipe)
             continue
@@ -130,12 +130,3 @@ def judge_consistency(
     finally:
         cache.close()
     return self_consistency([verdict for _, verdict in sample], again)
-
-
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
