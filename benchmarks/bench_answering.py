@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 from results import publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from raft_assets.contracts.sources import load_sources  # noqa: E402
-from raft_assets.inference.answering import AnswerRequest, TransformersBackend  # noqa: E402
+from raft_assets.inference.answering import AnswerRequest  # noqa: E402
+from raft_assets.inference.local_model import TransformersBackend  # noqa: E402
 from raft_assets.ingestion.chunking import ChunkingOptions, split_documents  # noqa: E402
 from raft_assets.ingestion.documents import load_source  # noqa: E402
 from raft_assets.training.base_model import build_tiny_model  # noqa: E402

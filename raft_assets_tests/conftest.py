@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -30,9 +31,10 @@ UNITS = {
     "test_training_assets.py": "sample_pipeline",
     "test_gpu_pool.py": "sample_pipeline",
     "test_recipes.py": "sample_pipeline",
-    "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "dagster_dev",  # the fixture dagster_dev_server
-    "test_ui.py": "dagster_dev",
+    # the fixtures demo_run and dagster_dev_server (which serves the demo's DAGSTER_HOME)
     "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
+    "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "demo",
+    "test_ui.py": "demo",
 }
 # The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
 # the others, so that no two of them end up one after the other at the end while the other worker is idle.
@@ -42,10 +44,8 @@ LONGEST_FIRST = (
     "test_end_to_end.py",  # 60 s
     "test_adaptive_concurrency.py",  # 100 s: 1,024 slots kept busy for about a minute
     "test_train_script.py",  # 60 s
-    "demo",  # 50 s
+    "demo",  # 100 s: the demo run, then `dagster dev` on it and the browser
     "test_resume_and_secrets.py",  # 50 s
-    "test_automation.py",  # 45 s
-    "dagster_dev",  # 45 s
     "test_cli.py",  # 45 s
 )
 
@@ -215,23 +215,71 @@ def sample_pipeline(tmp_path_factory):
         yield project, instance, curation
 
 
-@pytest.fixture(scope="session")
-def dagster_dev_server(tmp_path_factory):
-    """One `dagster dev` for the tests that only look at it (test_code_location, test_ui; one unit of work for xdist):
-    the sample source llama_docs, whose `documents` `raft-assets run` materialized into its DAGSTER_HOME first, and the
-    shipped recipes, their partitions added as the recipes sensor adds them (the sensor then has nothing to run)."""
-    from raft_assets.contracts.recipes import load_recipes
-    from raft_assets_tests.dagster_dev import dagster_dev, dev_env
+DEMO_CONFIG = REPO / "data" / "demo_run_config.yaml"
+# The demo's numbers that only make its run longer (12 steps, 30 questions, answers of up to 48 tokens: nearly three
+# minutes on 2 cores), made smaller for the tests; every other setting of the file is used as it is.
+SMALLER_DEMO = {
+    "fsdp_checkpoint": {"max_steps": 2, "save_every_steps": 1, **QUICK_VALIDATION},
+    "eval_set": {"size": 10},
+    "eval_report": {"max_new_tokens": 8},
+}
 
-    root = tmp_path_factory.mktemp("dagster_dev")
-    llama_docs = {"name": "llama_docs", "kind": "local", "path": str(REPO / "data" / "llama_docs")}
-    sources = write_sources(root / "sources.yaml", [llama_docs])
-    env = dev_env(root, sources)  # the DAGSTER_HOME (with dagster.yaml) that run_cli uses too
-    experiments = Path(env["RAFT_EXPERIMENTS"])
-    experiments.write_bytes((REPO / "data" / "experiments.yaml").read_bytes())
-    result = run_cli(root, "--select", "documents", "--source", "llama_docs", sources=sources)
+
+@dataclass(frozen=True)
+class DemoRun:
+    """`make demo`'s run: its workspace (DAGSTER_HOME, data and checkpoints under `root`), environment and output."""
+
+    root: Path
+    env: dict[str, str]
+    result: subprocess.CompletedProcess
+
+
+def smaller_demo_config(folder: Path) -> Path:
+    """The demo's run config, which must validate against the asset job as it is, with the SMALLER_DEMO numbers."""
+    from raft_assets.definitions import defs
+
+    config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), config)
+    for asset, numbers in SMALLER_DEMO.items():
+        settings = config["ops"][asset]["config"]
+        assert numbers.keys() <= settings.keys(), f"the demo config no longer sets {asset}'s {list(numbers)}"
+        settings.update(numbers)
+    path = folder / "demo_run_config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """What `make demo` does: every asset, the sample sources, the shipped recipes, offline, on the CPU, with the
+    demo's run config (smaller numbers), under umask 022, into a DAGSTER_HOME set up as `make dev` sets it up. The
+    demo test reads its files; `dagster_dev_server` serves it to the UI tests (one unit of work for xdist)."""
+    from raft_assets_tests.dagster_dev import dev_env
+
+    root = tmp_path_factory.mktemp("demo")
+    env = dev_env(root, RAFT_EXPERIMENTS=str(REPO / "data" / "experiments.yaml"))
+    config = smaller_demo_config(root)
+    umask = os.umask(0o022)
+    try:
+        result = subprocess.run(
+            [RAFT_ASSETS, "run", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        os.umask(umask)
     assert result.returncode == 0, result.stdout + result.stderr
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        instance.add_dynamic_partitions(recipes.name, [recipe.name for recipe in load_recipes(experiments)])
-    with dagster_dev(env) as server:
+    return DemoRun(root, env, result)
+
+
+@pytest.fixture(scope="session")
+def dagster_dev_server(demo_run: DemoRun):
+    """One `dagster dev` on the demo's DAGSTER_HOME, for the tests that only look at it (test_code_location, test_ui):
+    the whole graph materialized, for both sample sources and both shipped recipes."""
+    from raft_assets_tests.dagster_dev import dagster_dev
+
+    with dagster_dev(demo_run.env) as server:
         yield server

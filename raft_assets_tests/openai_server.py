@@ -99,6 +99,7 @@ class ServerStats:
     faults: Counter[str] = field(default_factory=Counter)  # fault name (or "fail_first") -> times injected
     completed: int = 0  # chat completions answered 200 (plain or streamed)
     completed_fingerprints: Counter[str] = field(default_factory=Counter)  # fingerprint -> 200 replies sent
+    completed_at: list[float] = field(default_factory=list)  # time.monotonic() of each 200 reply, in order
     active: int = 0  # requests holding a capacity slot now
     busy_slot_seconds: float = 0.0  # active integrated over time: over an interval, divided by it, the mean busy slots
     rate_limited: int = 0  # chat requests answered 429 by the requests-per-minute limit
@@ -434,6 +435,7 @@ class OpenAITestServer:
         with self._lock:
             self._stats.completed += 1
             self._stats.completed_fingerprints[fp] += 1
+            self._stats.completed_at.append(time.monotonic())
             self._stats.prompt_tokens += prompt_tokens
             self._stats.completion_tokens += completion_tokens
             self._stats.status_counts[200] += 1

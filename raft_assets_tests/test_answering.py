@@ -16,7 +16,8 @@ from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import chat_messages, documents_block
 from raft_assets.contracts.tables import CHUNK_SCHEMA, DOCUMENT_SCHEMA
 from raft_assets.hashing import content_hash
-from raft_assets.inference.answering import Answer, AnswerRequest, EndpointBackend, TransformersBackend, answer_messages
+from raft_assets.inference.answering import Answer, AnswerRequest, EndpointBackend, answer_messages
+from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.llm.reply_cache import CachedReply, ReplyCache
 from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, embed, load_embedder

@@ -1,57 +1,25 @@
 """`raft-assets run` as a user runs it: a subprocess with its own DAGSTER_HOME and data folder."""
 
 import json
-import os
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 
 from raft_assets.cli import main
 from raft_assets.contracts.recipes import load_recipes
-from raft_assets.definitions import defs
-from raft_assets_tests.conftest import QUICK_VALIDATION, REPO, SOURCES, cli_env, run_cli, write_sources
-
-DEMO_CONFIG = REPO / "data" / "demo_run_config.yaml"
-# The demo's numbers that only make its run longer (20 steps, 40 questions, answers of up to 64 tokens: two
-# minutes on 2 cores), made smaller for the test; every other setting of the file is used as it is.
-SMALLER = {
-    "fsdp_checkpoint": {"max_steps": 2, "save_every_steps": 1, **QUICK_VALIDATION},
-    "eval_set": {"size": 10},
-    "eval_report": {"max_new_tokens": 8},
-}
-
-
-def smaller_demo_config(folder: Path) -> Path:
-    """The demo's run config, which must validate against the asset job as it is, with the SMALLER numbers."""
-    config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
-    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), config)
-    for asset, numbers in SMALLER.items():
-        settings = config["ops"][asset]["config"]
-        assert numbers.keys() <= settings.keys(), f"the demo config no longer sets {asset}'s {list(numbers)}"
-        settings.update(numbers)
-    path = folder / "demo_run_config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+from raft_assets.defs.instance import PID_TAG
+from raft_assets_tests.conftest import REPO, SOURCES, DemoRun, cli_env, run_cli, write_sources
 
 
 @pytest.mark.end_to_end
 @pytest.mark.torchrun
-def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_path):
-    """What `make demo` does: every asset, on the sample corpus, offline, on the CPU, with the demo's run config
-    (smaller numbers) and the shipped recipes, compared in the experiment report; under umask 022 every file it
-    writes is readable by other users (a vLLM server or a pod of another user on a shared volume)."""
-    config = smaller_demo_config(tmp_path)
-    experiments = REPO / "data" / "experiments.yaml"
-    recipes = [recipe.name for recipe in load_recipes(experiments)]
-    umask = os.umask(0o022)
-    try:
-        result = run_cli(tmp_path, "--config", str(config), RAFT_EXPERIMENTS=str(experiments))
-    finally:
-        os.umask(umask)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(demo_run: DemoRun):
+    """What `make demo` does (conftest's `demo_run`): every asset, on the sample corpus, offline, on the CPU, with the
+    demo's run config (smaller numbers) and the shipped recipes, compared in the experiment report; under umask 022
+    every file it writes is readable by other users (a vLLM server or a pod of another user on a shared volume)."""
+    tmp_path, result = demo_run.root, demo_run.result
+    recipes = [recipe.name for recipe in load_recipes(REPO / "data" / "experiments.yaml")]
     written = [path for folder in ("generated", "checkpoints") for path in (tmp_path / folder).rglob("*")]
     assert len(written) > 50 and [p for p in written if not p.is_symlink() and not p.stat().st_mode & 0o004] == []
     for source in ("llama_docs", "pytorch_docs"):
@@ -72,17 +40,14 @@ def test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home(tmp_pat
     assert compared and all(row["vs_default"]["paired_questions"] == row["questions"] for row in compared)
     assert all(row["vs_default"]["words"] for row in compared)  # "within noise: ..." or a difference, in words
 
-    os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
-    try:
-        with dg.DagsterInstance.get() as instance:
-            assert sorted(instance.get_dynamic_partitions("doc_sources")) == SOURCES
-            assert instance.get_dynamic_partitions("recipes") == recipes
-            # one per source, one per recipe (the first with the index and the eval set), the experiment report
-            assert len(instance.get_runs()) == len(SOURCES) + len(recipes) + 1
-            record = instance.get_latest_materialization_event(dg.AssetKey("chunks"))
-            assert record is not None and record.asset_materialization.partition in ("llama_docs", "pytorch_docs")
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    with dg.DagsterInstance.from_config(demo_run.env["DAGSTER_HOME"]) as instance:
+        assert sorted(instance.get_dynamic_partitions("doc_sources")) == SOURCES
+        assert instance.get_dynamic_partitions("recipes") == recipes
+        # one per source, one per recipe (the first with the index and the eval set), the experiment report
+        cli_runs = [run for run in instance.get_runs() if PID_TAG in run.tags]
+        assert len(cli_runs) == len(SOURCES) + len(recipes) + 1
+        record = instance.get_latest_materialization_event(dg.AssetKey("chunks"))
+        assert record is not None and record.asset_materialization.partition in ("llama_docs", "pytorch_docs")
 
 
 @pytest.mark.slow  # `raft-assets run` in a subprocess

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 from raft_assets.contracts.recipes import load_recipes
 from raft_assets.definitions import defs
 from raft_assets_tests.browser import NEEDS_CHROMIUM, TIMEOUT_MS, chromium_page
-from raft_assets_tests.conftest import REPO
+from raft_assets_tests.conftest import REPO, SOURCES
 from raft_assets_tests.dagster_dev import DagsterDev
 
 # The UI's "Join the Dagster community" dialog stays away once dismissed in the browser's local storage.
@@ -33,12 +33,12 @@ def page():
         yield page
 
 
-def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_server: DagsterDev, tmp_path, page: Page):
-    """On the `dagster dev` of conftest.py: the source llama_docs, its `documents` materialized by `raft-assets run`."""
+def test_ui_shows_the_asset_graph_the_partitions_and_the_plots(dagster_dev_server: DagsterDev, tmp_path, page: Page):
+    """On the `dagster dev` of conftest.py, over the demo's run: both sample sources, both shipped recipes."""
     asset_names = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     server = dagster_dev_server
     [node] = server.graphql(DOCUMENTS_PARTITIONS)["assetNodes"]
-    assert node["assetPartitionStatuses"]["materializedPartitions"] == ["llama_docs"]
+    assert sorted(node["assetPartitionStatuses"]["materializedPartitions"]) == SOURCES
 
     # The global lineage graph, with the navigation and the sidebar out of the way and every group expanded
     # (the UI fits the graph to the window after each change).
@@ -51,7 +51,7 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_serve
     page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups"
     for name in asset_names:
         expect(graph.get_by_text(name, exact=True), f"asset {name} in the graph").to_be_visible()
-    # Its one partition materialized, `documents` is green (zoomed out to fit, nodes are "minimal" boxes).
+    # Its partitions materialized, `documents` is green (zoomed out to fit, nodes are "minimal" boxes).
     documents_box = graph.get_by_text("documents", exact=True).locator("..")
     expect(documents_box).to_have_attribute("style", re.compile(r"--minimal-bg: var\(--color-background-green\)"))
     wait_until_still(documents_box)  # the zoom to fit is animated
@@ -61,16 +61,31 @@ def test_ui_shows_the_asset_graph_and_a_materialized_partition(dagster_dev_serve
         shutil.copyfile(tmp_path / "lineage.png", SCREENSHOT)
 
     page.goto(f"{server.url}/assets/documents?view=partitions")
-    expect(page.get_by_text("Materialized (1)", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Materialized ({len(SOURCES)})", exact=True)).to_be_visible()
     expect(page.get_by_text("Missing (0)", exact=True)).to_be_visible()
-    expect(page.get_by_text("llama_docs", exact=True).first).to_be_visible()
+    for name in SOURCES:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible()
 
-    # The recipes of the experiments file are the partitions of the per-recipe assets, none materialized yet.
+    # The recipes of the experiments file are the partitions of the per-recipe assets.
     recipe_names = [recipe.name for recipe in load_recipes(REPO / "data" / "experiments.yaml")]
     page.goto(f"{server.url}/assets/raft_dataset?view=partitions")
-    expect(page.get_by_text(f"Missing ({len(recipe_names)})", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Materialized ({len(recipe_names)})", exact=True)).to_be_visible()
     for name in recipe_names:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
+
+    # The plots are on the asset pages themselves: PNGs inside markdown metadata, which the browser decodes.
+    for asset, key in (
+        ("experiment_report", "report"),
+        ("eval_report", "scores_plot"),
+        ("fsdp_checkpoint", "loss_plot"),
+    ):
+        page.goto(f"{server.url}/assets/{asset}")
+        row = page.get_by_role("row").filter(has=page.get_by_text(key, exact=True))
+        row.get_by_text("[Show Markdown]").click()
+        plot = page.get_by_role("dialog").locator("img[src^='data:image/png;base64,']")
+        expect(plot, f"{asset}'s {key}").to_be_visible()
+        assert plot.evaluate("image => image.naturalWidth") > 0, (asset, key)
+        page.keyboard.press("Escape")
 
 
 def wait_until_still(locator, interval_ms: int = 250) -> None:

@@ -19,7 +19,8 @@ from transformers.utils import logging as transformers_logging
 
 from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import quoted_spans
-from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, TransformersBackend, stream_endpoint
+from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, stream_endpoint
+from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.retrieval.retriever import RetrievedChunk, Retriever
 from raft_assets.serving.sources import quoting_chunk

@@ -28,7 +28,8 @@ from raft_assets.cli.chat import ChatError, checkpoint_folder, fail
 from raft_assets.contracts.layout import Layout
 from raft_assets.defs.evaluation.vllm import VLLMResource
 from raft_assets.hashing import content_hash, tree_fingerprint
-from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, TransformersBackend
+from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS
+from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.retrieval.retriever import Retriever
 from raft_assets.serving.app import ServeOptions, create_app

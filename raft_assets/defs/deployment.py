@@ -13,10 +13,22 @@ POD_IP = "POD_IP"  # the GPU step pod's own address, for torchrun --local_addr (
 SHM_VOLUME = "dshm"
 
 
+def forkserver_unless_told(config: dict) -> dict:
+    """Dagster's multiprocess executor starting its step processes from a forkserver that imported the code location
+    once per run, unless the run config names a `start_method`: a spawned step imports it again (seconds per step).
+    A step that needs torch (training, the export, local answering) imports it itself, after the fork."""
+    return {"start_method": {"forkserver": {}}, **config}
+
+
+MULTIPROCESS = dg.multiprocess_executor.configured(
+    forkserver_unless_told, name="multiprocess", config_schema=dg.multiprocess_executor.config_schema.as_field()
+)
+
+
 def executor(name: str) -> dg.ExecutorDefinition:
     """The executor `name`d by `RAFT_EXECUTOR`: `multiprocess` (default) or `k8s` (one pod per step, dagster-k8s)."""
     if name == "multiprocess":
-        return dg.multiprocess_executor
+        return MULTIPROCESS
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
 

@@ -23,7 +23,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from raft_assets.inference.answering import AnswerRequest, TransformersBackend
+from raft_assets.inference.answering import AnswerRequest
+from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.serving.generators import Delta
 from raft_assets.serving.protocol import ApiError
 

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 import openai
 
-from raft_assets.inference.answering import AnswerRequest, answer_messages, greedy_params, prompt_ids
+from raft_assets.inference.answering import AnswerRequest, answer_messages, greedy_params
+from raft_assets.inference.local_model import prompt_ids
 from raft_assets.llm.client import Endpoint
 from raft_assets.serving.protocol import ApiError
 

@@ -29,12 +29,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from raft_assets.files import write_text_atomically
 from raft_assets.training.params import TrainParams
+
+if TYPE_CHECKING:
+    import torch
 
 PARAMS_FILE = "train_params.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -102,14 +103,16 @@ class Probe:
         return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
 
-@torch.no_grad()
 def token_logprobs(
     model: torch.nn.Module, input_ids: Sequence[int], device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """log p(token | the tokens before it) for every token of `input_ids` after the first, in float32, from the
     model's logits in whatever dtype it computes. Call it on every rank for a sharded model."""
+    import torch  # here, not at the top: the code location reads this module's file names without torch
+
     ids = torch.tensor([list(input_ids)], device=device)
-    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
     return logits.log_softmax(dim=-1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
 
 

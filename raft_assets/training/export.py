@@ -34,8 +34,8 @@ from raft_assets.training.params import TrainParams, lora_config
 class Export:
     path: Path
     step_folder: Path
-    dtype: torch.dtype  # of the saved weights
-    compute_dtype: torch.dtype  # of the comparison: the dtype the training computed the probe in
+    dtype: str  # of the saved weights: bfloat16, float32
+    compute_dtype: str  # of the comparison: the dtype the training computed the probe in
     parameters: int
     # the exported files vs the trained, sharded model on the probe text; None when the checkpoint has no probe
     # record (saved by a training script older than the record)
@@ -79,6 +79,10 @@ def save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, target: Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
@@ -104,8 +108,8 @@ def export_hf_checkpoint(run_dir: Path, target: Path) -> Export:
     return Export(
         path=target,
         step_folder=step_folder,
-        dtype=dtype,
-        compute_dtype=compute_dtype,
+        dtype=dtype_name(dtype),
+        compute_dtype=dtype_name(compute_dtype),
         parameters=sum(p.numel() for p in exported.parameters()),
         max_logprob_diff_vs_training=max_abs_diff(logprobs, torch.tensor(probe.token_logprobs)) if probe else None,
         max_logprob_diff_vs_fp32=max_abs_diff(logprobs, fp32_logprobs),

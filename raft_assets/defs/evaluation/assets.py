@@ -30,7 +30,7 @@ from raft_assets.defs.training.base_model import base_model
 from raft_assets.evaluation.report import write_report
 from raft_assets.evaluation.run import EvalItem, System, evaluate, stand_in_note
 from raft_assets.hashing import chunks_fingerprint, content_hash, tree_fingerprint
-from raft_assets.inference.answering import SERVED_PROMPT, AnswerBackend, EndpointBackend, TransformersBackend
+from raft_assets.inference.answering import SERVED_PROMPT, AnswerBackend, EndpointBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.llm.reply_cache import ReplyCache
 from raft_assets.retrieval.retriever import Retriever
@@ -116,6 +116,8 @@ def systems(
         # fixed served_model_name): a killed evaluation resumes with the answers it had, never older weights'.
         weights = cache.scoped(tree_fingerprint(path))
         if not config.serve_with_vllm:
+            from raft_assets.inference.local_model import TransformersBackend  # here: torch, seconds to import
+
             yield TransformersBackend(path, config.batch_size, config.max_new_tokens, cache=weights)
             return
         with vllm.serve(path, log=log) as served:

@@ -3,9 +3,9 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import torch
 from pydantic import Field
 
 from raft_assets.contracts.inline_images import inline_png
@@ -23,9 +23,11 @@ from raft_assets.hashing import content_hash
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import read_pointer
 from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE
-from raft_assets.training.export import Export, export_hf_checkpoint
 from raft_assets.training.loss_plot import plot_loss_curve
 from raft_assets.training.params import Hyperparameters, TrainParams
+
+if TYPE_CHECKING:
+    from raft_assets.training.export import Export
 
 SETTINGS = load_settings()
 
@@ -123,8 +125,8 @@ class ExportConfig(dg.Config):
         "of training and the export's.",
     )
 
-    def tolerance(self, dtype: torch.dtype) -> float:
-        return self.max_logprob_diff_bf16 if dtype == torch.bfloat16 else self.max_logprob_diff_fp32
+    def tolerance(self, dtype: str) -> float:
+        return self.max_logprob_diff_bf16 if dtype == "bfloat16" else self.max_logprob_diff_fp32
 
 
 MATCHES_TRAINING = dg.AssetCheckSpec(
@@ -138,7 +140,7 @@ MATCHES_TRAINING = dg.AssetCheckSpec(
 )
 
 
-def matches_training(export: Export, config: ExportConfig, run_dir: Path) -> dg.AssetCheckResult:
+def matches_training(export: "Export", config: ExportConfig, run_dir: Path) -> dg.AssetCheckResult:
     if export.max_logprob_diff_vs_training is None:
         return dg.AssetCheckResult(
             check_name=MATCHES_TRAINING.name,
@@ -149,7 +151,7 @@ def matches_training(export: Export, config: ExportConfig, run_dir: Path) -> dg.
         )
     diff = export.max_logprob_diff_vs_training
     tolerance = config.tolerance(export.compute_dtype)
-    dtype = str(export.compute_dtype).removeprefix("torch.")
+    dtype = export.compute_dtype
     return dg.AssetCheckResult(
         check_name=MATCHES_TRAINING.name,
         passed=diff <= tolerance,
@@ -175,6 +177,8 @@ def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths
         raise dg.Failure(f"No fine-tuning run of recipe {layout.recipe!r} yet: materialize its fsdp_checkpoint first.")
     run = run_dir.name
     target = layout.hf_folder / run
+    from raft_assets.training.export import export_hf_checkpoint  # here: torch and transformers, seconds to import
+
     export = export_hf_checkpoint(run_dir, target)
     Layout.set_latest_run(target)
     check = matches_training(export, config, run_dir)
@@ -188,7 +192,7 @@ def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths
             **file_link(target),
             "run": run,
             "from_checkpoint": export.step_folder.name,
-            "dtype": str(export.dtype).removeprefix("torch."),
+            "dtype": export.dtype,
             "parameters": export.parameters,
             **{key: value for key, value in differences.items() if value is not None},
             "files": ", ".join(sorted(p.name for p in target.iterdir())),

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import torch
 from pydantic import Field
 
 from raft_assets.files import write_text_atomically
@@ -45,6 +44,8 @@ class TrainerResource(dg.ConfigurableResource):
     def processes(self) -> int:
         if self.nproc_per_node:
             return self.nproc_per_node
+        import torch  # here, not at the top: seconds to import, which only the training step pays
+
         return torch.cuda.device_count() if torch.cuda.is_available() else 2
 
     def command(self, params_file: Path) -> list[str]:
