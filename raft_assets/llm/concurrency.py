@@ -140,6 +140,7 @@ class ConcurrencyLog:
     in_flight: int = 0
     most_in_flight: int = 0
     changes: int = 0
+    missed_wake_ups: int = 0  # requests admitted by RECHECK_S's look, not by a release or a Retry-After timer
     history: deque[Change] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
     def describe(self) -> str:
@@ -155,6 +156,7 @@ class ConcurrencyLog:
             "llm_concurrency_most_in_flight": self.most_in_flight,
             "llm_concurrency_changes": self.changes,
             **({"llm_concurrency_history": steps} if steps else {}),
+            **({"llm_concurrency_missed_wake_ups": self.missed_wake_ups} if self.missed_wake_ups else {}),
         }
 
 
@@ -186,8 +188,11 @@ class ReplicaPool:
                     return await asyncio.wait_for(asyncio.shield(waiter), RECHECK_S)
                 except TimeoutError:
                     # A safety net: a stage of the end-to-end test once waited for good with nothing in flight and
-                    # no request admitted (a missed wake-up whose cause is not found yet); look again.
+                    # no request admitted (a missed wake-up whose cause is not found yet); look again, and count
+                    # what that look admits (nothing, where every release and timer admits what it can).
+                    waiting = len(self._waiters)
                     self._admit()
+                    self.log.missed_wake_ups += waiting - len(self._waiters)
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())  # admitted, then cancelled: give the room back
