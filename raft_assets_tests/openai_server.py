@@ -287,6 +287,7 @@ class OpenAITestServer:
                 status_counts=Counter(s.status_counts),
                 fingerprints=Counter(s.fingerprints),
                 completed_fingerprints=Counter(s.completed_fingerprints),
+                completed_at=list(s.completed_at),
                 faults=Counter(s.faults),
                 bodies=list(s.bodies),
                 response_formats=Counter(s.response_formats),
