@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from results import machine_description, publish  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
-from raft_assets.serving.batching import DEFAULT_WINDOW_S  # noqa: E402
+from raft_assets.serving.generators import BATCH_WINDOW_S  # noqa: E402
 from raft_assets.serving.service import RETRIEVAL_WINDOW_S  # noqa: E402
 from raft_assets_tests.test_answering import build_project  # noqa: E402
 
@@ -178,7 +178,7 @@ def main() -> int:
             f"- Load: {args.clients} concurrent streaming clients (`openai` AsyncOpenAI), {args.requests_per_client} "
             f"questions each, one after the other; answers of {args.max_new_tokens} tokens; top 5 chunks per question "
             "(prompts of about 610 tiny tokens); the tiny checkpoint in the service's process (`--backend transformers`, batch "
-            f"window {DEFAULT_WINDOW_S * 1000:g} ms, retrieval window {RETRIEVAL_WINDOW_S * 1000:g} ms). First token: from sending the request to its first text, queueing included.",
+            f"window {BATCH_WINDOW_S * 1000:g} ms, retrieval window {RETRIEVAL_WINDOW_S * 1000:g} ms). First token: from sending the request to its first text, queueing included.",
             "",
             table([one, batched]),
             "",

@@ -14,9 +14,10 @@ ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 HEAVY_MODULES = ("torch", "transformers", "nltk", "matplotlib.pyplot", "datasketch", "scipy")
 
 
-@pytest.mark.slow  # imports the code location in a new interpreter
-def test_the_code_location_imports_none_of_the_heavy_modules_that_few_steps_use():
-    probe = "import sys, raft_assets.definitions; print(' '.join(m for m in sys.argv[1:] if m in sys.modules))"
+@pytest.mark.slow  # imports the module in a new interpreter
+@pytest.mark.parametrize("module", ["raft_assets.definitions", "raft_assets.cli"])
+def test_the_code_location_and_the_cli_import_none_of_the_heavy_modules_that_few_steps_use(module):
+    probe = f"import sys, {module}; print(' '.join(m for m in sys.argv[1:] if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", probe, *HEAVY_MODULES], cwd=REPO, capture_output=True, text=True, timeout=300
     )

@@ -35,8 +35,7 @@ from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import REFUSAL_ANSWER
 from raft_assets.defs.evaluation.assets import served_system
 from raft_assets.evaluation.run import EvalItem, evaluate
-from raft_assets.inference.answering import AnswerRequest, answer_messages
-from raft_assets.inference.local_model import prompt_ids
+from raft_assets.inference.answering import AnswerRequest, answer_messages, prompt_ids
 from raft_assets.llm.reply_cache import ReplyCache
 from raft_assets.retrieval.retriever import Retriever
 from raft_assets.serving.protocol import service_info

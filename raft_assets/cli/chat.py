@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
-from transformers.utils import logging as transformers_logging
 
 from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import quoted_spans
 from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, stream_endpoint
-from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.retrieval.retriever import RetrievedChunk, Retriever
 from raft_assets.serving.sources import quoting_chunk
@@ -76,7 +74,7 @@ def chat_command(args: argparse.Namespace) -> int:
     """0 when answered, 1 when the model could not be asked, 2 when the chat cannot start."""
     if args.endpoint and not args.model:
         return fail("--endpoint needs --model (the name the endpoint serves)")
-    transformers_logging.disable_progress_bar()  # no "Loading weights" bars around the conversation
+    no_progress_bars()  # no "Loading weights" bars around the conversation
     settings = load_settings()
     layout = Layout.of(settings.data_dir, settings.checkpoint_dir)
     try:
@@ -87,6 +85,13 @@ def chat_command(args: argparse.Namespace) -> int:
     if args.question is not None:
         return 0 if answer(args.question, retriever, args.top_k, answerer) else 1
     return interactive(retriever, args.top_k, answerer)
+
+
+def no_progress_bars() -> None:
+    """Transformers' loading bars off; imported here, as the other commands of the CLI never load transformers."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def fail(message: str) -> int:
@@ -116,6 +121,8 @@ def checkpoint_folder(given: Path | None, layout: Layout) -> Path:
 def checkpoint_answerer(args: argparse.Namespace, layout: Layout) -> Answerer:
     folder = checkpoint_folder(args.checkpoint, layout)
     print(f"Loading {folder}...", file=sys.stderr)
+    from raft_assets.inference.local_model import TransformersBackend  # torch: imported by the command that needs it
+
     return TransformersBackend(folder, batch_size=1, max_new_tokens=args.max_new_tokens, device=args.device).stream
 
 

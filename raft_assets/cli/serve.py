@@ -19,22 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import torch
 from starlette.applications import Starlette
-from transformers import AutoConfig, AutoTokenizer
-from transformers.utils import logging as transformers_logging
 
-from raft_assets.cli.chat import ChatError, checkpoint_folder, fail
+from raft_assets.cli.chat import ChatError, checkpoint_folder, fail, no_progress_bars
 from raft_assets.contracts.layout import Layout
 from raft_assets.defs.evaluation.vllm import VLLMResource
 from raft_assets.hashing import content_hash, tree_fingerprint
 from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS
-from raft_assets.inference.local_model import TransformersBackend
 from raft_assets.llm.client import Endpoint
 from raft_assets.retrieval.retriever import Retriever
 from raft_assets.serving.app import ServeOptions, create_app
-from raft_assets.serving.batching import DEFAULT_WINDOW_S, BatchingGenerator
-from raft_assets.serving.generators import ContextBudget, EndpointGenerator, Generator
+from raft_assets.serving.generators import BATCH_WINDOW_S, ContextBudget, EndpointGenerator, Generator
 from raft_assets.serving.protocol import API_KEY_VARIABLE, ServiceInfo
 from raft_assets.serving.server import listening_socket, serve_forever, url_of
 from raft_assets.serving.service import RagService
@@ -98,10 +93,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-window-ms",
         type=float,
-        default=DEFAULT_WINDOW_S * 1000,
+        default=BATCH_WINDOW_S * 1000,
         metavar="MS",
         help="in process, a batch takes the requests that come within this of each other "
-        f"(default {DEFAULT_WINDOW_S * 1000:g})",
+        f"(default {BATCH_WINDOW_S * 1000:g})",
     )
     parser.add_argument("--device", default="auto", help="device of the in-process model: auto, cpu, cuda...")
     parser.add_argument("--vllm-executable", default="vllm", metavar="PATH", help="the vllm command (default vllm)")
@@ -111,7 +106,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     """Serves until interrupted: 0; 2 when the service cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    transformers_logging.disable_progress_bar()
+    no_progress_bars()
     if problem := argument_problem(args):
         return fail(problem)
     settings = load_settings()
@@ -172,6 +167,8 @@ def is_url(backend: str) -> bool:
 def backend_kind(backend: str) -> str:
     if backend != "auto":
         return backend
+    import torch  # here: the CLI's other commands never load torch
+
     return "vllm" if torch.cuda.is_available() and shutil.which("vllm") else "transformers"
 
 
@@ -201,10 +198,15 @@ def open_model(args: argparse.Namespace, layout: Layout, stack: ExitStack) -> Mo
         )
         served = stack.enter_context(vllm.serve(folder, log=log))
         endpoint = Endpoint.at(served.base_url, model=served.model, api_key=served.api_key or "EMPTY")
+        from transformers import AutoConfig, AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(folder)
         budget = context_budget(tokenizer, AutoConfig.from_pretrained(folder).max_position_embeddings, args)
         return Model(EndpointGenerator(endpoint), budget, folder.name, identity)
     log.info(f"loading {folder}")
+    from raft_assets.inference.local_model import TransformersBackend
+    from raft_assets.serving.batching import BatchingGenerator
+
     backend = TransformersBackend(folder, args.max_concurrency, args.max_new_tokens, device=args.device)
     generator = BatchingGenerator(backend, args.max_concurrency, args.batch_window_ms / 1000)
     return Model(generator, context_budget(backend.tokenizer, backend.context_length, args), folder.name, identity)

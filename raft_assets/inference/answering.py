@@ -20,7 +20,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import openai
 
@@ -28,6 +28,9 @@ from raft_assets.contracts.prompts import Prompt, load_prompts
 from raft_assets.contracts.raft_format import chat_messages, documents_block, without_document_tags
 from raft_assets.llm.client import ChatClient, Endpoint, RequestFailed, Usage
 from raft_assets.llm.reply_cache import ReplyCache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_MAX_NEW_TOKENS = 512
 # What a `raft-assets serve` endpoint is asked (`EndpointBackend(prompt=SERVED_PROMPT)`): the question alone, since
@@ -74,6 +77,15 @@ def answer_messages(request: AnswerRequest) -> list[dict[str, str]]:
     """The chat messages of the request: system and user, exactly as in fine-tuning."""
     values = prompt_values(request)
     return chat_messages(values["question"], values["context"])
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, requests: list[AnswerRequest]) -> list[list[int]]:
+    """Token ids of each request's prompt: the chat template with the assistant's header, as in training."""
+    texts = [
+        tokenizer.apply_chat_template(answer_messages(request), tokenize=False, add_generation_prompt=True)
+        for request in requests
+    ]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def greedy_params(max_new_tokens: int) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    PreTrainedTokenizerBase,
     TextIteratorStreamer,
 )
 
@@ -31,19 +30,11 @@ from raft_assets.inference.answering import (
     AnswerRequest,
     answer_messages,
     greedy_params,
+    prompt_ids,
 )
 from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
 
 STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>")  # Llama 3's end of turn and end of text, when the vocabulary has them
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, requests: list[AnswerRequest]) -> list[list[int]]:
-    """Token ids of each request's prompt: the chat template with the assistant's header, as in training."""
-    texts = [
-        tokenizer.apply_chat_template(answer_messages(request), tokenize=False, add_generation_prompt=True)
-        for request in requests
-    ]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def resolve_device(device: str) -> str:

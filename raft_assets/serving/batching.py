@@ -25,10 +25,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from raft_assets.inference.answering import AnswerRequest
 from raft_assets.inference.local_model import TransformersBackend
-from raft_assets.serving.generators import Delta
+from raft_assets.serving.generators import BATCH_WINDOW_S, Delta
 from raft_assets.serving.protocol import ApiError
 
-DEFAULT_WINDOW_S = 0.02  # a batch takes requests that come within this of each other (bench_serve.py)
 MAX_WAITS = 10  # a batch waits for more requests for at most this many windows
 INCOMPLETE = "\ufffd"  # what decoding gives for the first bytes of a character split over several tokens
 
@@ -112,7 +111,7 @@ class RowsDone(StoppingCriteria):
 class BatchingGenerator:
     """`TransformersBackend` behind a request queue, answering in batches of up to `max_batch` (see the module)."""
 
-    def __init__(self, backend: TransformersBackend, max_batch: int, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(self, backend: TransformersBackend, max_batch: int, window_s: float = BATCH_WINDOW_S) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.backend = backend

@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import openai
 
-from raft_assets.inference.answering import AnswerRequest, answer_messages, greedy_params
-from raft_assets.inference.local_model import prompt_ids
+from raft_assets.inference.answering import AnswerRequest, answer_messages, greedy_params, prompt_ids
 from raft_assets.llm.client import Endpoint
 from raft_assets.serving.protocol import ApiError
+
+BATCH_WINDOW_S = 0.02  # the in-process batch takes the requests that come within this of each other (bench_serve.py)
 
 
 @dataclass(frozen=True)
