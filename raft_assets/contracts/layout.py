@@ -13,6 +13,8 @@
         reports/eval_report.{md,json}, *.png  eval_report
         reports/experiment_report.{md,json,png}  experiment_report: the recipes side by side
         recipes/<recipe>/raft/, reports/      raft_dataset and eval_report of a recipe other than `default`
+        recipes/<recipe>/chunks.parquet,      a recipe with its own chunking: its corpus (the columns of
+                         index/               `read_corpus`) and its retrieval index, both written by raft_dataset
         llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
         llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
     <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
@@ -23,7 +25,9 @@
 
 A source or recipe name becomes a file name only if the sources file would accept it (`contracts.sources`): a
 partition key added by hand (`../x`) never reads or writes outside `data_dir`. The `default` recipe keeps the paths
-above; another recipe's `Layout` (`of_recipe`) puts what depends on the recipe under `recipes/<recipe>/`.
+above; another recipe's `Layout` (`of_recipe`) puts what depends on the recipe under `recipes/<recipe>/`. A recipe
+with its own chunking (`own_chunking`) has its corpus and index there too: `index_folder` and the corpus readers
+(`contracts.corpus.read_corpus`, the retriever) give its own files for its layout and the shared ones otherwise.
 """
 
 from __future__ import annotations
@@ -58,22 +62,38 @@ class Layout:
     data_dir: Path
     checkpoint_dir: Path
     recipe: str = DEFAULT_RECIPE
+    own_chunking: bool = False  # the recipe's own corpus and index, under its folder
 
     @classmethod
     def of(cls, data_dir: str | Path, checkpoint_dir: str | Path) -> Layout:
         return cls(Path(data_dir), Path(checkpoint_dir))
 
-    def of_recipe(self, recipe: str) -> Layout:
-        """The files of `recipe`: its own dataset, runs and reports; everything else shared."""
+    def of_recipe(self, recipe: str, own_chunking: bool = False) -> Layout:
+        """The files of `recipe`: its own dataset, runs and reports, and with `own_chunking` its own corpus and
+        index; everything else shared."""
         if not is_valid_source_name(recipe):
             raise InvalidSourceName(
                 f"Recipe name {recipe!r} does not follow {SOURCE_NAME_PATTERN}: remove that partition."
             )
-        return dataclasses.replace(self, recipe=recipe)
+        if own_chunking and recipe == DEFAULT_RECIPE:
+            raise ValueError(
+                f"The {DEFAULT_RECIPE!r} recipe's chunks are the shared ones: it has no chunking of its own."
+            )
+        return dataclasses.replace(self, recipe=recipe, own_chunking=own_chunking)
+
+    @property
+    def with_shared_chunks(self) -> Layout:
+        """This layout with the shared corpus and index (those the questions were asked about)."""
+        return dataclasses.replace(self, own_chunking=False)
 
     @property
     def recipe_data_dir(self) -> Path:
         return self.data_dir if self.recipe == DEFAULT_RECIPE else self.data_dir / "recipes" / self.recipe
+
+    @property
+    def chunking_dir(self) -> Path:
+        """Where the index is: the recipe's folder for a recipe with its own chunking, else `data_dir`."""
+        return self.recipe_data_dir if self.own_chunking else self.data_dir
 
     @property
     def recipe_checkpoint_dir(self) -> Path:
@@ -107,8 +127,8 @@ class Layout:
         return self.raft_folder / RAFT_FILES[part]
 
     # Every other file or folder: (the root it is under, its path there).
-    index_folder = under("data_dir", "index")
-    pending_index_folder = under("data_dir", ".index.pending")  # what an interrupted retrieval_index embedded
+    index_folder = under("chunking_dir", "index")
+    pending_index_folder = under("chunking_dir", ".index.pending")  # what an interrupted index build embedded
     eval_set_file = under("data_dir", "eval", "eval_set.json")
     experiment_reports_folder = under("data_dir", "reports")
     reply_cache_file = under("data_dir", "llm_cache", "replies.sqlite")
@@ -117,6 +137,7 @@ class Layout:
     # The recipe's own.
     raft_folder = under("recipe_data_dir", "raft")
     splits_file = under("recipe_data_dir", "raft", "splits.parquet")
+    own_corpus_file = under("recipe_data_dir", "chunks.parquet")  # read only with own_chunking (`read_corpus`)
     reports_folder = under("recipe_data_dir", "reports")
     fsdp_folder = under("recipe_checkpoint_dir", "fsdp")
     hf_folder = under("recipe_checkpoint_dir", "hf")

@@ -7,12 +7,19 @@ fine-tuning settings, compared side by side by `experiment_report`.
         dataset: {p: 1.0}            # raft_dataset's settings (RaftDatasetConfig)
       lora:
         fine_tune: {method: lora, lr: 1.0e-4}   # fsdp_checkpoint's settings (FineTuneConfig)
+      small_chunks:
+        chunking: {chunk_size: 500}  # the chunks' settings (ChunksConfig): the recipe's own chunking
 
 Each recipe is a partition key of `recipes` and a folder name (`data/generated/recipes/<recipe>/`), so its name
 follows the rule of source names. Everything upstream of `raft_dataset` (documents to curated answers, the index,
 the base model) is shared, so a new recipe sends no LLM request; the eval set is built once, from the default
 recipe's split, so every recipe is measured on the same questions and the comparisons are paired. That is why a
 recipe cannot change the settings that decide the split (`SPLIT_SETTINGS`).
+
+A recipe with `chunking:` has its own chunking: its `raft_dataset` splits the shared documents again with the
+shared chunks' settings and these overrides, writes the recipe's corpus and index under its folder, and moves each
+question's oracle to the recipe chunk of its document that overlaps its original chunk most (still no LLM request);
+its `eval_report` retrieves from that index, so the model is served the chunks it was trained on.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class RecipesError(ValueError):
 
 
 class Recipe(BaseModel):
-    """Overrides of raft_dataset's and fsdp_checkpoint's run config; empty: the run config as it is."""
+    """Overrides of raft_dataset's, fsdp_checkpoint's and the chunks' settings; empty: the run config as it is."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,11 +50,14 @@ class Recipe(BaseModel):
     description: str = ""
     dataset: dict[str, Any] = Field(default_factory=dict)
     fine_tune: dict[str, Any] = Field(default_factory=dict)
+    chunking: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The non-empty sections, for metadata and reports."""
-        return {section: values for section in ("dataset", "fine_tune") if (values := getattr(self, section))}
+        return {
+            section: values for section in ("dataset", "fine_tune", "chunking") if (values := getattr(self, section))
+        }
 
 
 def load_recipes(path: Path) -> list[Recipe]:

@@ -77,8 +77,12 @@ def load_samples(
         samples.append(
             Sample(r["question_id"], question, r["cot_answer"], r["answer"], r["chunk_id"], r["doc_id"], r["source"])
         )
-    passages = [
+    return samples, passages_of(corpus), curated
+
+
+def passages_of(corpus: pl.DataFrame) -> list[Passage]:
+    """Every chunk of a corpus (`read_corpus`) as a passage of its canonical document, its tags defused."""
+    return [
         Passage(r["chunk_id"], r["doc_id"], r["title"], without_document_tags(r["text"]))
         for r in corpus.iter_rows(named=True)
     ]
-    return samples, passages, curated

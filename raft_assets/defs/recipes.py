@@ -21,13 +21,15 @@ class RecipeRun:
 
 
 def recipe_run(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, paths: ProjectPaths) -> RecipeRun:
-    """The recipe of the partition being materialized (or checked), and its layout."""
+    """The recipe of the partition being materialized (or checked), and its layout (its own corpus and index when
+    it has its own chunking)."""
     key = partition_key(context)
     try:
-        layout = paths.layout.of_recipe(key)
+        paths.layout.of_recipe(key)  # a key that is no folder name is refused before the file is read
     except InvalidSourceName as error:
         raise dg.Failure(str(error)) from None
-    return RecipeRun(paths.recipe(key), layout)
+    recipe = paths.recipe(key)
+    return RecipeRun(recipe, paths.layout.of_recipe(key, own_chunking=bool(recipe.chunking)))
 
 
 def partition_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
@@ -37,8 +39,8 @@ def partition_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionCont
 
 
 def with_overrides(config: dg.Config, recipe: Recipe, section: str) -> dict[str, Any]:
-    """The run config's settings with the recipe's `section` (dataset, fine_tune) over them, validated as the
-    launchpad validates them."""
+    """The run config's settings with the recipe's `section` (dataset, fine_tune, chunking) over them, validated as
+    the launchpad validates them."""
     overrides = getattr(recipe, section)
     known = type(config).model_fields
     if unknown := sorted(set(overrides) - set(known)):

@@ -1,7 +1,8 @@
 """Retrieval for evaluation and chat: the top-k chunks of the saved index for each question, with their texts.
 
 The questions are embedded with the model the index was built with (recorded in it), in one batch; the texts,
-titles and sources come from the `chunks` and `documents` parquet files of the data folder (`read_corpus`). Texts have their
+titles and sources come from the `chunks` and `documents` parquet files of the data folder (`read_corpus`), or from
+a recipe's own corpus when its layout has its own chunking (`Layout.of_recipe`). Texts have their
 literal `<DOCUMENT>` tags defused, as in the RAFT records, so a retrieved chunk can go straight into a prompt.
 """
 
@@ -35,7 +36,8 @@ class RetrievedChunk:
 
 
 def read_chunks(layout: Layout) -> dict[str, RetrievedChunk]:
-    """Every chunk of the data folder's sources by chunk id, with its canonical document's title and uri (score 0).
+    """Every chunk of the layout's corpus (the data folder's sources, or a recipe's own) by chunk id, with its
+    canonical document's title and uri (score 0).
 
     Raises MissingInput when no `chunks` file is there.
     """
@@ -69,7 +71,7 @@ class Retriever:
 
     @classmethod
     def load(cls, layout: Layout, device: str | None = None) -> Retriever:
-        """The saved index (see `ChunkIndex.load`) over the chunks of the data folder.
+        """The layout's saved index (see `ChunkIndex.load`) over the layout's chunks.
 
         `device` is the embedding model's ("cpu", "cuda"; None: a GPU when there is one).
         """

@@ -26,6 +26,7 @@ from raft_assets.dataset.eval_set import Curation, build_eval_set
 from raft_assets.dataset.lengths import TokenLengths
 from raft_assets.dataset.samples import curated_answers, load_samples
 from raft_assets.defs.curation.assets import curated_answers as curated_answers_asset
+from raft_assets.defs.dataset.own_chunking import build_own_chunks, chunking_options
 from raft_assets.defs.generation.assets import cot_answers, questions
 from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.launchpad import config_class
@@ -80,18 +81,24 @@ def raft_dataset(
     context: dg.AssetExecutionContext, config: RaftDatasetConfig, paths: ProjectPaths
 ) -> dg.MaterializeResult:
     """RAFT records in the seed's `hf` format (and as chat messages), split by document into train and test, from
-    the questions that curation kept; the run config's settings with the recipe's `dataset` overrides."""
+    the questions that curation kept; the run config's settings with the recipe's `dataset` overrides. A recipe
+    with its own `chunking` first writes its own corpus and index and moves the questions to its chunks
+    (`own_chunking.py`)."""
     run = recipe_run(context, paths)
     options = DatasetOptions(**with_overrides(config, run.recipe, "dataset"))
     layout = run.layout
-    samples, passages, curated = load_samples(
-        layout, context.instance.get_dynamic_partitions(doc_sources.name), options.require_quotes_ok
-    )
+    sources = context.instance.get_dynamic_partitions(doc_sources.name)
+    chunking = chunking_options(context.instance, run.recipe, sources) if layout.own_chunking else None
+    # The questions were asked about the shared chunks; a recipe with its own chunking moves them to its own.
+    samples, passages, curated = load_samples(layout.with_shared_chunks, sources, options.require_quotes_ok)
     if not samples:
         raise dg.Failure(
             f"No answered question that curation kept to build records from ({curated.dropped} dropped by "
             "curation): materialize cot_answers and curated_answers first."
         )
+    own = build_own_chunks(layout, chunking, samples, passages, context.log) if chunking else None
+    if own is not None:
+        samples, passages = own.samples, own.passages
     model = read_pointer(layout)
     lengths = TokenLengths(load_tokenizer(model), options.context_length or model.context_length)
     neighbours = None
@@ -118,6 +125,7 @@ def raft_dataset(
         metadata={
             **file_link(layout.raft_folder),
             **recipe_metadata(run.recipe),
+            **(own.metadata(layout) if own else {}),
             "dagster/row_count": written,
             "train_records": stats.records["train"],
             "test_records": stats.records["test"],

@@ -1,5 +1,7 @@
 """The per-source ingestion assets: `documents` and `chunks`."""
 
+import dataclasses
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -141,10 +143,7 @@ def chunks(context: dg.AssetExecutionContext, config: ChunksConfig, paths: Proje
             "chunks_in_several_documents": int((frame["doc_ids"].list.len() > 1).sum()),
             "mean_chunk_chars": float(lengths.mean() or 0.0),
             "max_chunk_chars": int(lengths.max() or 0),
-            "chunk_size": options.chunk_size,
-            "chunk_overlap": options.chunk_overlap,
-            "by_headings": options.by_headings,
-            "near_duplicates": options.near_duplicates,
+            **dataclasses.asdict(options),  # every setting: a recipe with its own chunking starts from them
             "separators": repr(SEPARATORS),
             "preview": markdown_preview(frame.select("chunk_id", "position", "text")),
             "near_duplicate_examples": markdown_preview(result.examples(), rows=10),

@@ -1,10 +1,8 @@
 """The `retrieval_index` asset: embeddings of every chunk of every source, searchable with FAISS."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
-import numpy as np
 from pydantic import Field
 
 from raft_assets.contracts.corpus import read_corpus
@@ -12,19 +10,9 @@ from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.metadata import file_link, markdown_preview
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
-from raft_assets.retrieval.embeddings import (
-    DEFAULT_EMBEDDING_MODEL,
-    EmbeddingModelNotFoundError,
-    embed,
-    embedding_dimension,
-    load_embedder,
-    resolve_model_path,
-)
-from raft_assets.retrieval.index import ChunkIndex
+from raft_assets.retrieval.building import build_index, previous_index, reusable_embeddings
+from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingModelNotFoundError, resolve_model_path
 from raft_assets.retrieval.pending import PendingEmbeddings
-
-EMBED_SLICE = 1024
-"""Chunks embedded between two progress messages and two saves of the pending embeddings."""
 
 
 class RetrievalIndexConfig(dg.Config):
@@ -37,33 +25,6 @@ class RetrievalIndexConfig(dg.Config):
     device: str | None = Field(
         default=None, description="Device of the embedding model, e.g. 'cpu' or 'cuda'; unset: a GPU if any."
     )
-
-
-def _reusable(folder: Path, pending: PendingEmbeddings, log) -> tuple[list[str], np.ndarray | None, set[str]]:
-    """Embeddings of this model to reuse: the previous index's and those a killed run left pending.
-
-    Also the chunk ids of the previous index (of any model), to count the dropped chunks.
-    """
-    previous: ChunkIndex | None = None
-    try:
-        previous = ChunkIndex.load(folder, read_faiss=False)
-    except FileNotFoundError:
-        pass
-    except Exception as error:  # a damaged index is rebuilt, not a reason to fail
-        log.warning(f"The previous index in {folder} cannot be read ({error}); every chunk is embedded again.")
-    previous_ids = set(previous.chunk_ids) if previous else set()
-    if previous is not None and previous.model != pending.model:
-        log.info(f"The previous index was built with {previous.model!r}: every chunk is embedded again.")
-        previous = None
-
-    ids: list[str] = list(previous.chunk_ids) if previous else []
-    vectors = previous.embeddings if previous else None
-    pending_ids, pending_vectors = pending.load()
-    if pending_vectors is not None and (vectors is None or pending_vectors.shape[1] == vectors.shape[1]):
-        log.info(f"Reusing {len(pending_ids)} embeddings left by an interrupted run.")
-        ids += pending_ids
-        vectors = pending_vectors if vectors is None else np.concatenate([vectors, pending_vectors])
-    return ids, vectors, previous_ids
 
 
 @dg.asset(
@@ -93,42 +54,14 @@ def retrieval_index(
 
     folder = paths.layout.index_folder
     pending = PendingEmbeddings(paths.layout.pending_index_folder, config.embedding_model)
-    pool_ids, pool, previous_ids = _reusable(folder, pending, context.log)
-    pool_rows = {chunk_id: row for row, chunk_id in enumerate(pool_ids)}
-    rows = np.fromiter((pool_rows.get(chunk_id, -1) for chunk_id in chunk_ids), dtype=np.int64, count=len(chunk_ids))
-    new = np.flatnonzero(rows < 0)
-
-    embedding_seconds = 0.0
-    if len(new):
-        model = load_embedder(config.embedding_model, config.device)
-        dimension = embedding_dimension(model)
-        if pool is not None and pool.shape[1] != dimension:
-            context.log.info(f"The previous embeddings have {pool.shape[1]} dimensions, the model {dimension}.")
-            pool, rows, new = None, np.full(len(chunk_ids), -1), np.arange(len(chunk_ids))
-    else:
-        dimension = pool.shape[1]
-    embeddings = np.empty((len(chunk_ids), dimension), dtype=np.float32)
-    reused = rows >= 0
-    if pool is not None:
-        embeddings[reused] = pool[rows[reused]]
-
-    texts = frame["text"]
-    context.log.info(f"Embedding {len(new)} of {len(chunk_ids)} chunks with {config.embedding_model}")
-    for start in range(0, len(new), EMBED_SLICE):
-        part = new[start : start + EMBED_SLICE]
-        slice_started = time.perf_counter()
-        vectors = embed(model, texts.gather(part).to_list(), config.batch_size)
-        embedding_seconds += time.perf_counter() - slice_started
-        embeddings[part] = vectors
-        pending.add([chunk_ids[row] for row in part], vectors)
-        done = start + len(part)
-        context.log.info(f"Embedded {done}/{len(new)} chunks ({done / embedding_seconds:.1f} chunks/s)")
-
-    index = ChunkIndex(chunk_ids, embeddings, config.embedding_model, frame["doc_id"].to_list())
+    previous = previous_index(folder, context.log)
+    reusable = reusable_embeddings([previous], pending, context.log)
+    built = build_index(frame, config.embedding_model, reusable, pending, context.log, config.batch_size, config.device)
+    index = built.index
     index.save(folder)
     pending.clear()
 
-    newly_embedded = len(new)
+    newly_embedded = built.newly_embedded
     seconds = time.perf_counter() - started
     context.log.info(f"Indexed {len(index)} chunks ({newly_embedded} embedded, {len(index) - newly_embedded} reused)")
     metadata = {
@@ -139,16 +72,16 @@ def retrieval_index(
         "sources": len(sources) - len(missing),
         "newly_embedded": newly_embedded,
         "reused": len(index) - newly_embedded,
-        "dropped": len(previous_ids - set(chunk_ids)),
+        "dropped": len(set(previous.chunk_ids) - set(chunk_ids)) if previous else 0,
         "chunks_in_several_sources": int((frame["sources"].list.len() > 1).sum()),
         "model": config.embedding_model,
-        "dimension": dimension,
+        "dimension": index.dimension,
         "seconds": seconds,
-        "embedding_seconds": embedding_seconds,
+        "embedding_seconds": built.embedding_seconds,
         "preview": markdown_preview(frame.select("chunk_id", "doc_id", "source", "text")),
     }
     if newly_embedded:
-        metadata["chunks_per_second"] = newly_embedded / embedding_seconds if embedding_seconds else 0.0
+        metadata["chunks_per_second"] = newly_embedded / built.embedding_seconds if built.embedding_seconds else 0.0
     if missing:
         metadata["sources_without_chunks"] = ", ".join(missing)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(index.data_version))
