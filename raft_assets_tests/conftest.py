@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,19 +36,31 @@ UNITS = {
     "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
     "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "demo",
     "test_ui.py": "demo",
+    # the fixture end_to_end_run: the uninterrupted run, then the run killed and resumed, compared with it
+    "test_end_to_end.py": "end_to_end",
+    "test_resume_everywhere.py": "end_to_end",
 }
 # The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
 # the others, so that no two of them end up one after the other at the end while the other worker is idle.
 LONGEST_FIRST = (
-    "test_resume_everywhere.py",  # 200 s: a run killed three times, and the uninterrupted one beside it
+    "end_to_end",  # 250 s: the whole graph, two more recipes on it, then a run killed three times and resumed
     "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
-    "test_end_to_end.py",  # 60 s
     "test_adaptive_concurrency.py",  # 100 s: 1,024 slots kept busy for about a minute
     "test_train_script.py",  # 60 s
     "demo",  # 100 s: the demo run, then `dagster dev` on it and the browser
     "test_resume_and_secrets.py",  # 50 s
     "test_cli.py",  # 45 s
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Python's SIGINT handler in every worker, also when the suite was started in the background of a script
+    (SIGINT ignored). Dagster's in-process tools give SIGTERM the handler of SIGINT and leave it there, so the
+    processes that later tests start would inherit SIGTERM ignored: a stand-in vLLM server stopped with SIGTERM
+    waits out its 30 s grace period, `serve` ends with 0 instead of the signal. (The `raft-assets` command is not
+    affected: its runs handle both signals while they execute.)"""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def work_unit(nodeid: str) -> str:
@@ -283,3 +296,22 @@ def dagster_dev_server(demo_run: DemoRun):
 
     with dagster_dev(demo_run.env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def site():
+    """The sitemap source's web site on loopback (`whole_graph.SiteServer`), for the whole-graph runs."""
+    from raft_assets_tests.whole_graph import SiteServer
+
+    with SiteServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def end_to_end_run(site, tmp_path_factory):
+    """The suite's one uninterrupted whole-graph run with endpoints (`whole_graph.run_end_to_end`): what
+    test_end_to_end checks and what test_resume_everywhere compares its killed and resumed run with (one unit of
+    work for xdist)."""
+    from raft_assets_tests.whole_graph import run_end_to_end
+
+    return run_end_to_end(tmp_path_factory.mktemp("end_to_end"), site)

@@ -1,12 +1,12 @@
 """The whole graph from a fresh DAGSTER_HOME, as a user runs it, with faulty OpenAI-compatible servers.
 
-The generator and the judge are loopback test servers that fail some requests (429, 5xx, dropped
-connections) and spoil some replies; the base model is `tiny`; the sources are the two sample folders.
-Every file of the contract must exist and agree with the others.
+The run is `whole_graph.run_end_to_end` (shared with test_resume_everywhere): the generator and the judge are
+loopback test servers that fail some requests (429, 5xx, dropped connections), the base model is `tiny`, the sources
+are the two sample folders and a sitemap source on loopback. Every file of the contract must exist and agree with
+the others.
 """
 
 import json
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -14,38 +14,16 @@ import pytest
 import yaml
 
 from raft_assets.evaluation.metrics import extract_answer
-from raft_assets_tests.conftest import QUICK_VALIDATION, SOURCES, run_cli
-from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
-from raft_assets_tests.raft_model import raft_responder
+from raft_assets_tests.conftest import SOURCES, run_cli
+from raft_assets_tests.openai_server import OpenAITestServer
+from raft_assets_tests.whole_graph import PAGES, SITE, EndToEndRun, endpoint_env, generator, judge
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.torchrun]
 
-GENERATOR_FAULTS = {"http_429": 0.04, "http_500": 0.04, "reset": 0.02, "no_answer_tag": 0.05}
-JUDGE_FAULTS = {"http_503": 0.05}
-RUN_CONFIG = {
-    "ops": {
-        "questions": {"config": {"questions_per_chunk": 2}},
-        "eval_set": {"config": {"size": 20}},  # enough for every system's numbers; each is answered and judged
-        "fsdp_checkpoint": {
-            "config": {"max_steps": 2, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION}
-        },
-        "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
-    }
-}
+ALL_SOURCES = [*SOURCES, SITE]
 SYSTEMS = [
     f"{model} {variant}" for model in ("finetuned", "base", "reference") for variant in ("no context", "RAG k=3")
 ]
-
-
-def generator(body: dict) -> str:
-    """The 70B stand-in: RAFT questions and answers, and plain answers when evaluated as the reference."""
-    if body["messages"][0]["content"].startswith("You are a helpful chatbot"):
-        return "The documents answer it. <ANSWER>: FSDP"
-    return raft_responder(body)
-
-
-def judge(body: dict) -> str:
-    return ("YES", "NO")[len(last_user_message(body)) % 2]
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -53,40 +31,14 @@ def jsonl(path: Path) -> list[dict]:
 
 
 def parquet(data: Path, stage: str) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(data / stage / f"{source}.parquet") for source in SOURCES])
-
-
-def endpoint_env(servers: dict[str, OpenAITestServer], keys: dict[str, str]) -> dict[str, str]:
-    """The variables that point a run at the generator and judge test servers, with their keys."""
-    return {
-        "RAFT_LLM_BASE_URL": servers["generator"].base_url,
-        "RAFT_LLM_API_KEY": keys["generator"],
-        "RAFT_LLM_MODEL": "llama-70b",
-        "RAFT_JUDGE_BASE_URL": servers["judge"].base_url,
-        "RAFT_JUDGE_API_KEY": keys["judge"],
-        "RAFT_JUDGE_MODEL": "judge",
-    }
+    return pl.concat([pl.read_parquet(data / stage / f"{source}.parquet") for source in ALL_SOURCES])
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One full run; yields its folder, its output and the two secrets."""
-    root = tmp_path_factory.mktemp("end_to_end")
-    config = root / "run_config.yaml"
-    config.write_text(yaml.safe_dump(RUN_CONFIG))
-    keys = {"generator": f"gen-{uuid.uuid4().hex}", "judge": f"judge-{uuid.uuid4().hex}"}
-    servers = {
-        "generator": OpenAITestServer(
-            generator, models=["llama-70b"], api_key=keys["generator"], faults=GENERATOR_FAULTS, retry_after_s=0.01
-        ),
-        "judge": OpenAITestServer(
-            judge, models=["judge"], api_key=keys["judge"], faults=JUDGE_FAULTS, retry_after_s=0.01
-        ),
-    }
-    with servers["generator"], servers["judge"]:
-        result = run_cli(root, "--config", str(config), **endpoint_env(servers, keys))
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    yield root, result, keys, servers
+def pipeline(end_to_end_run: EndToEndRun):
+    """The run's folder, its output, the two secrets and the servers."""
+    run = end_to_end_run
+    return run.space.root, run.result, run.keys, run.servers
 
 
 def test_faults_were_injected_and_survived(pipeline):
@@ -100,7 +52,7 @@ def test_every_file_of_the_contract_exists(pipeline):
     root, _, _, _ = pipeline
     data, checkpoints = root / "generated", root / "checkpoints"
     for stage in ("documents", "chunks", "questions", "cot_answers", "curated_answers"):
-        for source in SOURCES:
+        for source in ALL_SOURCES:
             assert (data / stage / f"{source}.parquet").is_file(), (stage, source)
     for name in ("raft.jsonl", "raft_train.jsonl", "raft_test.jsonl", "raft_chat.jsonl"):
         assert (data / "raft" / name).stat().st_size > 0, name
@@ -123,7 +75,7 @@ def test_counts_add_up_across_stages(pipeline):
     questions = parquet(data, "questions")
     answers = parquet(data, "cot_answers")
     sample_files = sum(1 for source in SOURCES for path in (Path("data") / source).iterdir() if path.is_file())
-    assert documents.height == sample_files
+    assert documents.height == sample_files + len(PAGES)
     assert set(chunks["doc_id"]) == set(documents["doc_id"])
     assert set(questions["chunk_id"]) == set(chunks["chunk_id"])
     assert questions.group_by("chunk_id").len()["len"].max() <= 2
@@ -201,10 +153,11 @@ DISAGREEING = 2  # of them, the ones that say the opposite of the judge
 
 
 @pytest.fixture(scope="module")
-def more_recipes(pipeline):
+def more_recipes(end_to_end_run: EndToEndRun):
     """Two recipes added to the experiments file after the run, then `raft-assets run --recipe` for each alone, with
     the same endpoints (fresh servers, the same keys), and people's verdicts planted beside the curation file."""
-    root, _, keys, _ = pipeline
+    space, keys = end_to_end_run.space, end_to_end_run.keys
+    root = space.root
     experiments = root / "experiments.yaml"  # the file of cli_env's RAFT_EXPERIMENTS
     experiments.write_text(yaml.safe_dump({"recipes": {"default": {}, **NEW_RECIPES}}), encoding="utf-8")
     curation = root / "eval_curation.yaml"
@@ -230,9 +183,9 @@ def more_recipes(pipeline):
     with servers["generator"], servers["judge"]:
         result = run_cli(
             root,
-            "--config",
-            str(root / "run_config.yaml"),
+            *space.args(),
             *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
+            sources=space.sources,
             **endpoint_env(servers, keys),
             RAFT_EVAL_CURATION=str(curation),
         )

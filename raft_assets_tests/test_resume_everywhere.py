@@ -1,10 +1,10 @@
 """Resume everywhere: `raft-assets run` killed during ingestion, training and evaluation picks up where it stopped.
 
 The whole graph runs as a user runs it (the CLI in a subprocess) on the sample sources plus a sitemap source
-served on loopback, with OpenAI-compatible test servers as generator and judge and the tiny base model. One
-uninterrupted run in its own workspace is the reference (it starts once the first kill is done and runs alongside
-the others). Another workspace is killed three times with SIGKILL, each run starting where the last one was
-killed, and a fourth run completes:
+served on loopback, with OpenAI-compatible test servers as generator and judge and the tiny base model
+(`whole_graph`). The reference is the suite's uninterrupted run, `end_to_end_run` (the one test_end_to_end checks,
+with the same sources and run config; its servers' faults are retried and change no file). Another workspace is
+killed three times with SIGKILL, each run starting where the last one was killed, and a fourth run completes:
 
 1. during `documents` of the sitemap source `site`, while its web server holds one page: `llama_docs`, before it,
    is done (its LLM requests too), `pytorch_docs` not started;
@@ -31,173 +31,37 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from raft_assets_tests.conftest import QUICK_VALIDATION, RAFT_ASSETS, REPO, cli_env, run_cli, write_sources
+from raft_assets_tests.conftest import RAFT_ASSETS, REPO, cli_env, run_cli
 from raft_assets_tests.openai_server import OpenAITestServer
-from raft_assets_tests.test_end_to_end import RUN_CONFIG as END_TO_END_CONFIG
-from raft_assets_tests.test_end_to_end import generator, judge
 from raft_assets_tests.test_resume_and_secrets import cached_replies
 from raft_assets_tests.test_train_script import descendants
+from raft_assets_tests.whole_graph import (
+    HELD_PAGE,
+    PAGES,
+    STEPS,
+    EndToEndRun,
+    Workspace,
+    generator,
+    judge,
+    workspace,
+)
 
 pytestmark = [pytest.mark.resume, pytest.mark.end_to_end, pytest.mark.torchrun, pytest.mark.timeout(900)]
 
-STEPS = 4
 SAVED_AT_KILL = "step_000002"  # the checkpoint that the run killed in training saved, of the two it saves
-RUN_CONFIG = {
-    "ops": {
-        **END_TO_END_CONFIG["ops"],
-        "fsdp_checkpoint": {
-            "config": {"max_steps": STEPS, "save_every_steps": 2, "context_length": 2048, **QUICK_VALIDATION}
-        },
-    }
-}
 JUDGE_HOLD_AFTER = 4  # judge replies before the judge holds the rest: the run is then inside eval_report
 TABLES = ("documents", "chunks", "questions", "cot_answers", "curated_answers")
-PAGES = {
-    "/guides/accumulation.html": (
-        "Gradient accumulation",
-        "Gradient accumulation runs several micro-batches forward and backward before one optimizer step, so a "
-        "small GPU trains with the effective batch size of a large one. The loss of each micro-batch is divided "
-        "by the number of label tokens in the whole step, which keeps long and short samples weighted fairly.",
-    ),
-    "/guides/warmup.html": (
-        "Learning-rate warmup",
-        "Warmup raises the learning rate linearly over the first steps of fine-tuning, before the cosine decay "
-        "begins. Without it the first updates of a pretrained model can be large enough to undo what the model "
-        "knew, and the loss jumps before it falls. A few dozen steps of warmup are usually enough.",
-    ),
-    "/guides/sharding.html": (
-        "Sharded checkpoints",
-        "A sharded checkpoint stores each rank's slice of the parameters and optimizer state in its own file, "
-        "written in parallel. Resuming reads the slices back on the same number of ranks, or reshards them on a "
-        "different number, and continues from the saved step with the saved data position and schedule.",
-    ),
-}
-HELD_PAGE = "/guides/warmup.html"
-
-
-class SiteServer:
-    """The sitemap source's web site on loopback; while `holding`, HELD_PAGE waits for `release()` (a hung page)."""
-
-    def __init__(self) -> None:
-        self.holding = False
-        self.held = threading.Event()  # HELD_PAGE was requested while holding
-        self.released = threading.Event()
-        self.requests: Counter[str] = Counter()
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                site.requests[self.path] += 1
-                if self.path == HELD_PAGE and site.holding:
-                    site.held.set()
-                    site.released.wait(timeout=300)
-                body, kind = site.page(self.path)
-                try:
-                    self.send_response(200 if body else 404)
-                    self.send_header("Content-Type", kind)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the run that asked was killed
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.sitemap_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/sitemap.xml"
-
-    def page(self, path: str) -> tuple[bytes, str]:
-        if path == "/sitemap.xml":
-            base = self.sitemap_url.removesuffix("/sitemap.xml")
-            entries = "".join(f"<url><loc>{base}{page}</loc></url>" for page in PAGES)
-            xml = f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
-            return xml.encode(), "application/xml"
-        if path in PAGES:
-            title, text = PAGES[path]
-            html = f"<html><head><title>{title}</title></head><body><nav>Guides</nav><h1>{title}</h1><p>{text}</p>"
-            return (html + "</body></html>").encode(), "text/html; charset=utf-8"
-        return b"", "text/plain"
-
-    def hold(self) -> None:
-        self.holding = True
-        self.held.clear()
-        self.released.clear()
-
-    def release(self) -> None:
-        self.holding = False
-        self.released.set()
-
-    def __enter__(self) -> SiteServer:
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-@dataclass
-class Workspace:
-    """A DAGSTER_HOME, data and checkpoint folders, and the sources and run config of the runs in it."""
-
-    root: Path
-    sources: Path
-    config: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "generated"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def args(self) -> list[str]:
-        return ["--config", str(self.config)]
-
-    def latest_checkpoint(self) -> str | None:
-        """What `checkpoints/fsdp/<run>/latest` names, once a run saved a checkpoint."""
-        pointers = list((self.checkpoints / "fsdp").glob("*/latest"))
-        return pointers[0].read_text().strip() if pointers else None
-
-    def fsdp_materializations(self) -> list[dict]:
-        """The metadata of every fsdp_checkpoint materialization, oldest first, from the Dagster instance."""
-        with dg.DagsterInstance.from_config(str(self.root / "dagster_home")) as instance:
-            records = instance.fetch_materializations(dg.AssetKey("fsdp_checkpoint"), limit=100).records
-            return [
-                {key: value.value for key, value in record.asset_materialization.metadata.items()}
-                for record in sorted(records, key=lambda record: record.storage_id)
-            ]
-
-
-def workspace(root: Path, site: SiteServer) -> Workspace:
-    """The sample sources (data/sources.yaml) with the sitemap source `site` between them."""
-    sample = yaml.safe_load((REPO / "data" / "sources.yaml").read_text(encoding="utf-8"))["sources"]
-    local = [{**source, "path": str(REPO / "data" / source["path"])} for source in sample]
-    remote = {"name": "site", "kind": "sitemap", "sitemap": site.sitemap_url, "timeout_s": 300, "retries": 0}
-    remote["requests_per_second"] = 50
-    sources = write_sources(root / "sources.yaml", [local[0], remote, *local[1:]])
-    config = root / "run_config.yaml"
-    config.write_text(yaml.safe_dump(RUN_CONFIG), encoding="utf-8")
-    return Workspace(root, sources, config)
 
 
 def endpoints(generator_server: OpenAITestServer, judge_server: OpenAITestServer) -> dict[str, str]:
@@ -295,40 +159,6 @@ def leftovers(space: Workspace) -> list[Path]:
     ]
 
 
-@pytest.fixture(scope="module")
-def site():
-    with SiteServer() as server:
-        yield server
-
-
-@dataclass
-class Reference:
-    """The uninterrupted run: its workspace and the requests the generator and the judge answered."""
-
-    space: Workspace
-    generator: Counter[str]
-    judge: Counter[str]
-
-
-@contextlib.contextmanager
-def uninterrupted_run(site: SiteServer, root: Path) -> Iterator[Callable[[], Reference]]:
-    """Start the reference run in the background (it overlaps the interrupted runs, which saves the suite's
-    time); yields a function that waits for it to finish and returns its `Reference`."""
-    space = workspace(root, site)
-    log = root / "run.log"
-    with OpenAITestServer(generator, models=["llama-70b"]) as gen, OpenAITestServer(judge, models=["judge"]) as jud:
-        process = start_run(space, log, endpoints(gen, jud))
-
-        def finished() -> Reference:
-            assert process.wait(timeout=800) == 0, log.read_text()[-5000:]
-            return Reference(space, gen.stats.completed_fingerprints, jud.stats.completed_fingerprints)
-
-        try:
-            yield finished
-        finally:
-            kill_like_a_lost_machine(process)
-
-
 @dataclass
 class Interrupted:
     """The workspace killed three times, then run to the end, with what was seen at each kill."""
@@ -339,7 +169,7 @@ class Interrupted:
     judge: Counter[str]
     generator_at_kill: list[Counter[str]]  # at each of the three kills
     judge_at_kill: Counter[str]  # after the kill in eval_report
-    site_at_kill: Counter[str]  # pages requested when the run was killed in `documents`
+    site_at_kill: Counter[str]  # pages that the run killed in `documents` had requested
     tables_at_ingestion_kill: list[str]
     checkpoint_at_kill: str
     processes_at_kill: dict[int, str]  # the processes below the CLI when it was killed in training: command lines
@@ -350,17 +180,18 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
-    """The interrupted runs, and the uninterrupted one, started once the sitemap's page no longer hangs."""
+def runs(site, end_to_end_run: EndToEndRun, tmp_path_factory) -> tuple[Interrupted, EndToEndRun]:
+    """The interrupted runs, and the uninterrupted one they are compared with."""
     space = workspace(tmp_path_factory.mktemp("interrupted"), site)
     logs = [space.root / f"run{i}.log" for i in range(1, 5)]
     gen = OpenAITestServer(generator, models=["llama-70b"])
     jud = OpenAITestServer(judge, models=["judge"], hold_after=JUDGE_HOLD_AFTER)
     generator_at_kill = []
-    with contextlib.ExitStack() as stack, gen, jud:
+    with gen, jud:
         env = endpoints(gen, jud)
 
         # 1. Killed in `documents` of `site`, its second source, while a page hangs.
+        requested_before = Counter(site.requests)  # the uninterrupted run's
         site.hold()
         process = start_run(space, logs[0], env)
         try:
@@ -368,9 +199,8 @@ def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
             time.sleep(0.5)  # the other pages of the source are fetched meanwhile
         finally:
             kill_like_a_lost_machine(process)
-        site_at_kill = Counter(site.requests)
+        site_at_kill = Counter(site.requests) - requested_before
         site.release()
-        reference = stack.enter_context(uninterrupted_run(site, tmp_path_factory.mktemp("uninterrupted")))
         tables = sorted(str(path.relative_to(space.data)) for path in space.data.rglob("*.parquet"))
         generator_at_kill.append(gen.stats.completed_fingerprints)
 
@@ -432,7 +262,7 @@ def runs(site, tmp_path_factory) -> tuple[Interrupted, Reference]:
             fsdp_after_training_kill=fsdp_after_training_kill,
             report_at_kill=report_at_kill,
         )
-        return interrupted, reference()
+        return interrupted, end_to_end_run
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +271,7 @@ def interrupted(runs) -> Interrupted:
 
 
 @pytest.fixture(scope="module")
-def reference(runs) -> Reference:
+def reference(runs) -> EndToEndRun:
     return runs[1]
 
 

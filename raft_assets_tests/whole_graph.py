@@ -1,0 +1,235 @@
+"""The whole graph as a user runs it, shared by the end-to-end and the resume tests.
+
+The sample sources plus a sitemap source served on loopback (`SiteServer`, which can hold a page: a hung fetch),
+the run config, the generator and the judge behind OpenAI-compatible test servers. `run_end_to_end` is the one
+uninterrupted run of the suite: test_end_to_end checks what it wrote, and test_resume_everywhere compares a run
+killed three times with it. Its servers fail requests (429, 5xx, dropped connections), which the client retries:
+the files are those of a run without faults, so the resumed run, on servers without faults, must write the same.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import dagster as dg
+import yaml
+
+from raft_assets.contracts.recipes import DEFAULT_RECIPE
+from raft_assets_tests.conftest import QUICK_VALIDATION, REPO, run_cli, write_sources
+from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
+from raft_assets_tests.raft_model import raft_responder
+
+STEPS = 4
+RUN_CONFIG = {
+    "ops": {
+        "questions": {"config": {"questions_per_chunk": 2}},
+        "eval_set": {"config": {"size": 20}},  # enough for every system's numbers; each is answered and judged
+        "fsdp_checkpoint": {
+            "config": {"max_steps": STEPS, "save_every_steps": 2, "context_length": 2048, **QUICK_VALIDATION}
+        },
+        "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
+    }
+}
+# Faults the client retries: they cost attempts, not rows, and change no file (content faults, which are new
+# requests with another seed, are tested in test_generation and test_curation).
+GENERATOR_FAULTS = {"http_429": 0.04, "http_500": 0.04, "reset": 0.02}
+JUDGE_FAULTS = {"http_503": 0.05}
+SITE = "site"  # the sitemap source's name
+
+
+def generator(body: dict) -> str:
+    """The 70B stand-in: RAFT questions and answers, and plain answers when evaluated as the reference."""
+    if body["messages"][0]["content"].startswith("You are a helpful chatbot"):
+        return "The documents answer it. <ANSWER>: FSDP"
+    return raft_responder(body)
+
+
+def judge(body: dict) -> str:
+    return ("YES", "NO")[len(last_user_message(body)) % 2]
+
+
+def endpoint_env(servers: dict[str, OpenAITestServer], keys: dict[str, str]) -> dict[str, str]:
+    """The variables that point a run at the generator and judge test servers, with their keys."""
+    return {
+        "RAFT_LLM_BASE_URL": servers["generator"].base_url,
+        "RAFT_LLM_API_KEY": keys["generator"],
+        "RAFT_LLM_MODEL": "llama-70b",
+        "RAFT_JUDGE_BASE_URL": servers["judge"].base_url,
+        "RAFT_JUDGE_API_KEY": keys["judge"],
+        "RAFT_JUDGE_MODEL": "judge",
+    }
+
+
+PAGES = {
+    "/guides/accumulation.html": (
+        "Gradient accumulation",
+        "Gradient accumulation runs several micro-batches forward and backward before one optimizer step, so a "
+        "small GPU trains with the effective batch size of a large one. The loss of each micro-batch is divided "
+        "by the number of label tokens in the whole step, which keeps long and short samples weighted fairly.",
+    ),
+    "/guides/warmup.html": (
+        "Learning-rate warmup",
+        "Warmup raises the learning rate linearly over the first steps of fine-tuning, before the cosine decay "
+        "begins. Without it the first updates of a pretrained model can be large enough to undo what the model "
+        "knew, and the loss jumps before it falls. A few dozen steps of warmup are usually enough.",
+    ),
+    "/guides/sharding.html": (
+        "Sharded checkpoints",
+        "A sharded checkpoint stores each rank's slice of the parameters and optimizer state in its own file, "
+        "written in parallel. Resuming reads the slices back on the same number of ranks, or reshards them on a "
+        "different number, and continues from the saved step with the saved data position and schedule.",
+    ),
+}
+HELD_PAGE = "/guides/warmup.html"
+
+
+class SiteServer:
+    """The sitemap source's web site on loopback; while `holding`, HELD_PAGE waits for `release()` (a hung page)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.held = threading.Event()  # HELD_PAGE was requested while holding
+        self.released = threading.Event()
+        self.requests: Counter[str] = Counter()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                site.requests[self.path] += 1
+                if self.path == HELD_PAGE and site.holding:
+                    site.held.set()
+                    site.released.wait(timeout=300)
+                body, kind = site.page(self.path)
+                try:
+                    self.send_response(200 if body else 404)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the run that asked was killed
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.sitemap_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/sitemap.xml"
+
+    def page(self, path: str) -> tuple[bytes, str]:
+        if path == "/sitemap.xml":
+            base = self.sitemap_url.removesuffix("/sitemap.xml")
+            entries = "".join(f"<url><loc>{base}{page}</loc></url>" for page in PAGES)
+            xml = f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
+            return xml.encode(), "application/xml"
+        if path in PAGES:
+            title, text = PAGES[path]
+            html = f"<html><head><title>{title}</title></head><body><nav>Guides</nav><h1>{title}</h1><p>{text}</p>"
+            return (html + "</body></html>").encode(), "text/html; charset=utf-8"
+        return b"", "text/plain"
+
+    def hold(self) -> None:
+        self.holding = True
+        self.held.clear()
+        self.released.clear()
+
+    def release(self) -> None:
+        self.holding = False
+        self.released.set()
+
+    def __enter__(self) -> SiteServer:
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@dataclass
+class Workspace:
+    """A DAGSTER_HOME, data and checkpoint folders, and the sources and run config of the runs in it."""
+
+    root: Path
+    sources: Path
+    config: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def args(self) -> list[str]:
+        return ["--config", str(self.config)]
+
+    def latest_checkpoint(self) -> str | None:
+        """What `checkpoints/fsdp/<run>/latest` names, once a run saved a checkpoint."""
+        pointers = list((self.checkpoints / "fsdp").glob("*/latest"))
+        return pointers[0].read_text().strip() if pointers else None
+
+    def fsdp_materializations(self) -> list[dict]:
+        """The metadata of every fsdp_checkpoint materialization of the default recipe, oldest first, from the
+        Dagster instance."""
+        with dg.DagsterInstance.from_config(str(self.root / "dagster_home")) as instance:
+            records = instance.fetch_materializations(dg.AssetKey("fsdp_checkpoint"), limit=100).records
+            return [
+                {key: value.value for key, value in record.asset_materialization.metadata.items()}
+                for record in sorted(records, key=lambda record: record.storage_id)
+                if record.asset_materialization.partition == DEFAULT_RECIPE
+            ]
+
+
+def workspace(root: Path, site: SiteServer) -> Workspace:
+    """The sample sources (data/sources.yaml) with the sitemap source `site` between them."""
+    sample = yaml.safe_load((REPO / "data" / "sources.yaml").read_text(encoding="utf-8"))["sources"]
+    local = [{**source, "path": str(REPO / "data" / source["path"])} for source in sample]
+    remote = {"name": SITE, "kind": "sitemap", "sitemap": site.sitemap_url, "timeout_s": 300, "retries": 0}
+    remote["requests_per_second"] = 50
+    sources = write_sources(root / "sources.yaml", [local[0], remote, *local[1:]])
+    config = root / "run_config.yaml"
+    config.write_text(yaml.safe_dump(RUN_CONFIG), encoding="utf-8")
+    return Workspace(root, sources, config)
+
+
+@dataclass(frozen=True)
+class EndToEndRun:
+    """The uninterrupted run: its workspace, output, keys, servers and the requests they answered (each
+    fingerprint with its count of replies, as the run left them)."""
+
+    space: Workspace
+    result: CompletedProcess
+    keys: dict[str, str]
+    servers: dict[str, OpenAITestServer]
+    generator: Counter[str]
+    judge: Counter[str]
+
+
+def run_end_to_end(root: Path, site: SiteServer) -> EndToEndRun:
+    """The whole graph from a fresh DAGSTER_HOME with `raft-assets run`, on servers with faults and keys."""
+    space = workspace(root, site)
+    keys = {"generator": f"gen-{uuid.uuid4().hex}", "judge": f"judge-{uuid.uuid4().hex}"}
+    servers = {
+        "generator": OpenAITestServer(
+            generator, models=["llama-70b"], api_key=keys["generator"], faults=GENERATOR_FAULTS, retry_after_s=0.01
+        ),
+        "judge": OpenAITestServer(
+            judge, models=["judge"], api_key=keys["judge"], faults=JUDGE_FAULTS, retry_after_s=0.01
+        ),
+    }
+    with servers["generator"], servers["judge"]:
+        result = run_cli(root, *space.args(), sources=space.sources, **endpoint_env(servers, keys))
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    stats = {name: server.stats for name, server in servers.items()}
+    return EndToEndRun(
+        space, result, keys, servers, stats["generator"].completed_fingerprints, stats["judge"].completed_fingerprints
+    )
