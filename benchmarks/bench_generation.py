@@ -70,6 +70,7 @@ from raft_assets_tests.openai_server import STATS_PATH  # noqa: E402
 LATENCY_S = 0.2
 CAPACITY = 64
 CPUS = os.cpu_count() or 1
+CPU_MS_TARGET = 1.0  # client CPU per request at most: 1,000 requests/s from one core (issue 15)
 GPU_HOST_THREADS = 32  # the reference's default pool on a host with 28 cores or more, as GPU hosts have
 
 
@@ -529,8 +530,9 @@ def base_section(args: argparse.Namespace) -> str:
             f"first busy, to 2x the slots before the end; the server's own measure): {ramped:.1%}, {'PASS' if ramped >= 0.9 else 'FAIL'}. "
             f"Over the whole of both stages, ramp from 8 in flight and the pause between the stages included: "
             f"{both_stages.share_of_ideal:.1%} of the ideal rate.",
-            f"- Target: client CPU under 2 ms per request: {both_stages.cpu_ms_per_request:.2f} ms, "
-            f"{'PASS' if both_stages.cpu_ms_per_request < 2 else 'FAIL'} (the stats sampler's polls, 5 a second, "
+            f"- Target: client CPU at most {CPU_MS_TARGET:g} ms per request (1,000 requests/s from one core), "
+            f"both stages at these conditions: {both_stages.cpu_ms_per_request:.2f} ms, "
+            f"{'PASS' if both_stages.cpu_ms_per_request <= CPU_MS_TARGET else 'FAIL'} (the stats sampler's polls, 5 a second, "
             "included).",
             f"- Conditions of every ratio: {conditions()}. The reference sends the `questions` requests only "
             "(at its rate the answers would take minutes); ours is both stages.",

@@ -15,6 +15,7 @@ from raft_assets.defs.ingestion.assets import chunks, documents
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import LLMResource
 from raft_assets.llm.reply_cache import ReplyCache
+from raft_assets.llm.transport import StatusError, retry_delay, worth_retrying
 from raft_assets_tests.conftest import write_sources
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder
@@ -276,3 +277,18 @@ def test_the_answers_failure_rate_check_fails_on_replies_without_an_answer(proje
         description
         == "27 of 27 answers failed (100.0%; the bound is 10%). Most common: 27 × no usable reply in 3 attempts."
     )
+
+
+def test_chat_requests_are_retried_as_the_openai_sdk_retries_them():
+    """408, 409 and 5xx replies are sent again (429 and 503 are the client's, after lowering its level), unless the
+    server says otherwise or asks for a wait over 2 minutes; after the reply's Retry-After, or the SDK's backoff."""
+
+    def reply(status: int, **headers: str) -> StatusError:
+        return StatusError(status, {name.replace("_", "-"): value for name, value in headers.items()}, "")
+
+    statuses = (408, 409, 500, 502, 400, 401, 404, 429, 503)
+    assert [worth_retrying(reply(status)) for status in statuses] == [True] * 4 + [False] * 5
+    assert not worth_retrying(reply(500, x_should_retry="false")) and worth_retrying(reply(400, x_should_retry="true"))
+    assert not worth_retrying(reply(500, retry_after="121"))
+    assert retry_delay(0, {"retry-after-ms": "250"}) == 0.25 and retry_delay(3, {"retry-after": "2"}) == 2.0
+    assert all(0.375 <= retry_delay(0, {}) <= 0.5 and 6.0 <= retry_delay(10, {}) <= 8.0 for _ in range(50))

@@ -3,16 +3,15 @@
 `Endpoint` is the configuration (the `llm` and `judge` resources build it); `ChatClient` is one
 materialization's connection: it keeps as many requests in flight at each replica as the replica keeps
 answering faster (`concurrency.ReplicaPool`: adaptive, up to `max_concurrency` over all replicas, or pinned at it),
-within optional requests- and tokens-per-minute limits and a token budget. The openai SDK retries 408/409/5xx,
-timeouts and dropped connections with exponential backoff and jitter; a 429 or 503 (the server is full or over
+within optional requests- and tokens-per-minute limits and a token budget. 408/409/5xx replies, timeouts and
+dropped connections are retried as the openai SDK retries them (`transport.py`); a 429 or 503 (the server is full or over
 its rate limit) comes back to the client instead, which lowers its level, waits out Retry-After and sends the
 request again, without a limit on the attempts while the server keeps saying "later" (up to `timeout_s` times
 `max_retries + 1` of waiting). Every reply is cached on disk as it arrives.
 
-Requests go through the SDK's aiohttp transport and its raw `post` (the SDK's documented way to send
-a request as-is): retries, timeouts and authentication stay the SDK's, but without its per-request
-parameter transformation and response models, the client's CPU per request halves (about 1 ms on
-this project's 2-core machine), which is what lets one process keep a 64-slot server saturated.
+Chat requests go to aiohttp directly (`transport.py`: the SDK's retries, timeouts and authentication, without its
+per-request layers): about 0.5 ms of CPU per request on this project's 2-core machine, so one process drives over
+1,000 requests/s (benchmarks/RESULTS.md). The SDK checks the endpoint (`GET /models`).
 """
 
 from __future__ import annotations
@@ -24,12 +23,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import aiohttp
 import openai
 from aiolimiter import AsyncLimiter
 
 from raft_assets.contracts.prompts import Prompt
 from raft_assets.llm.concurrency import ConcurrencyLog, ReplicaPool
 from raft_assets.llm.reply_cache import CachedReply, ReplyCache, request_key
+from raft_assets.llm.transport import (
+    OVERLOADED,
+    ChatTransport,
+    ConnectionProblem,
+    StatusError,
+    new_session,
+    retry_after_s,
+)
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
 DEFAULT_MAX_CONCURRENCY = 1024  # an upper bound: the level adapts below it (see concurrency.py)
@@ -38,7 +46,6 @@ DEFAULT_MAX_RETRIES = 6
 CHARS_PER_TOKEN = 4  # for estimates before a request is sent
 PREFLIGHT_TIMEOUT_S = 15.0  # per attempt of the endpoint check (GET /models)
 REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
-OVERLOADED = (429, 503)  # "later": the client's to retry, after lowering its level
 DEFAULT_RETRY_AFTER_S = 1.0  # when a 429/503 does not say how long to wait
 MAX_RETRY_AFTER_S = 60.0
 
@@ -161,13 +168,9 @@ def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
 
 
 def retry_after(headers: Mapping[str, str]) -> float:
-    """Seconds a 429/503 asks to wait (`retry-after-ms`, or `retry-after` in seconds), within 0 to 60 s."""
-    for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
-        try:
-            return min(max(float(headers[name]) / scale, 0.0), MAX_RETRY_AFTER_S)
-        except (KeyError, ValueError):
-            continue
-    return DEFAULT_RETRY_AFTER_S
+    """Seconds a 429/503 asks to wait, within 0 to 60 s (1 s when it does not say)."""
+    asked = retry_after_s(headers)
+    return DEFAULT_RETRY_AFTER_S if asked is None else min(max(asked, 0.0), MAX_RETRY_AFTER_S)
 
 
 def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> str:
@@ -191,48 +194,41 @@ class ChatClient:
         self.budget = TokenBudget(config.token_budget)
         self._rpm = _per_minute_limiter(config.requests_per_minute) if config.requests_per_minute else None
         self._tpm = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
-        self._clients: list[openai.AsyncOpenAI] = []
+        self._clients: list[openai.AsyncOpenAI] = []  # the SDK's, for the check of the endpoints
+        self._session: aiohttp.ClientSession | None = None
+        self._transports: list[ChatTransport] = []  # the chat requests', one per replica
         self._pool: ReplicaPool | None = None
         self._endpoints_checked: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatClient:
-        self._clients = [self._openai_client(url) for url in self.config.urls]
-        self._pool = ReplicaPool(len(self._clients), self.config.max_concurrency, self.config.adaptive_concurrency)
+        config = self.config
+        self._clients = [
+            openai.AsyncOpenAI(
+                base_url=url,
+                api_key=config.api_key,
+                max_retries=config.max_retries,
+                timeout=config.timeout_s,
+                http_client=openai.DefaultAioHttpClient(),
+            )
+            for url in config.urls
+        ]
+        self._session = new_session(config.max_concurrency)  # room for every request the pool lets through
+        self._transports = [
+            ChatTransport(self._session, url, config.api_key, config.timeout_s, config.max_retries, self._count_attempt)
+            for url in config.urls
+        ]
+        self._pool = ReplicaPool(len(config.urls), config.max_concurrency, config.adaptive_concurrency)
         self.usage.concurrency = self._pool.log
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for client in self._clients:
             await client.close()
+        if self._session is not None:
+            await self._session.close()
 
-    def _openai_client(self, base_url: str) -> openai.AsyncOpenAI:
-        async def count_attempt(request: Any) -> None:  # the HTTP layer's request
-            if request.method == "POST":  # chat requests, not the check of the endpoint
-                self.usage.http_attempts += 1
-
-        async def return_overload(response: Any) -> None:  # the HTTP layer's response, before the SDK reads it
-            if response.status_code in OVERLOADED:
-                response.headers["x-should-retry"] = "false"  # the SDK's own switch: the client retries these
-
-        http_client = openai.DefaultAioHttpClient(
-            event_hooks={"request": [count_attempt], "response": [return_overload]}, limits=self._connection_limits()
-        )
-        return openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=self.config.api_key,
-            max_retries=self.config.max_retries,
-            timeout=self.config.timeout_s,
-            http_client=http_client,
-        )
-
-    def _connection_limits(self) -> Any:
-        """The SDK's connection limits (its HTTP layer's `Limits`), with room for `max_concurrency` connections: its
-        default of 1,000 would cap a 1,024-slot server below its slots."""
-        default = openai.DEFAULT_CONNECTION_LIMITS
-        size = max(default.max_connections or 0, self.config.max_concurrency)
-        return type(default)(
-            max_connections=size, max_keepalive_connections=size, keepalive_expiry=default.keepalive_expiry
-        )
+    def _count_attempt(self) -> None:
+        self.usage.http_attempts += 1
 
     def key(self, prompt: Prompt, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
         return request_key(self.model, messages, params, prompt.version)
@@ -310,7 +306,9 @@ class ChatClient:
         assert self._pool is not None, "use ChatClient as `async with`"
         if self._endpoints_checked is None:  # before the first request is sent: a run from the cache sends none
             self._endpoints_checked = asyncio.ensure_future(self.check_endpoints())
-        await asyncio.shield(self._endpoints_checked)
+        if not self._endpoints_checked.done():  # (a shield per request would cost every request a future)
+            await asyncio.shield(self._endpoints_checked)
+        self._endpoints_checked.result()  # EndpointUnusable, for every request
         body = self.request_body(messages, params)
         patience = time.monotonic() + self.config.timeout_s * (self.config.max_retries + 1)
         while True:
@@ -322,15 +320,15 @@ class ChatClient:
                 if self._tpm:
                     await self._tpm.acquire(min(estimate, self._tpm.max_rate))
                 started = time.monotonic()  # after the client's own rate limits
-                response = await self._clients[index].post("/chat/completions", cast_to=object, body=body)
+                response = await self._transports[index].post(body)
                 sent_at = started
                 break
-            except openai.APIStatusError as error:
-                if error.status_code not in OVERLOADED or time.monotonic() > patience:
+            except StatusError as error:
+                if error.status not in OVERLOADED or time.monotonic() > patience:
                     raise RequestFailed("error", self._describe(error)) from None
                 self.usage.overloaded += 1
-                self._pool.overloaded(index, error.status_code, retry_after(error.response.headers), started)
-            except openai.APIError as error:
+                self._pool.overloaded(index, error.status, retry_after(error.headers), started)
+            except ConnectionProblem as error:
                 raise RequestFailed("error", self._describe(error)) from None
             finally:
                 self._pool.release(index, sent_at)
@@ -343,16 +341,14 @@ class ChatClient:
         completion_tokens = usage.get("completion_tokens", len(text) // CHARS_PER_TOKEN)
         return ChatReply(text, prompt_tokens, completion_tokens, cached=False)
 
-    def _describe(self, error: openai.APIError) -> str:
+    def _describe(self, error: StatusError | ConnectionProblem) -> str:
         """Why a request failed, for the records and logs; the key is cut out should the endpoint echo it."""
         retries = f"after {self.config.max_retries} retries"
-        if isinstance(error, openai.APIStatusError) and error.status_code in OVERLOADED:
+        if isinstance(error, ConnectionProblem):  # timeouts included
+            return self.redact(f"{error} ({retries})")
+        if error.status in OVERLOADED:
             retries = f"still after {self.config.timeout_s * (self.config.max_retries + 1):g} s of retries"
-        if isinstance(error, openai.APIConnectionError):  # timeouts included
-            return self.redact(f"{connection_problem(error, self.config.timeout_s)} ({retries})")
-        if isinstance(error, openai.APIStatusError):
-            return self.redact(f"HTTP {error.status_code} ({retries}): {str(error.message)[:300]}")
-        return self.redact(f"{type(error).__name__}: {str(error)[:300]}")
+        return self.redact(f"HTTP {error.status} ({retries}): {str(error)[:300]}")
 
     def request_body(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
         """The chat completion request as sent, online or as a line of a batch."""

@@ -50,7 +50,7 @@ BACKOFF = 0.5  # the limit's factor on 429/503
 APP_LIMITED = 0.5  # a window whose requests in flight averaged under half the limit says nothing about more
 HISTORY = 50  # limit changes kept for the metadata (the first and the latest)
 
-RECHECK_S = 1.0  # how often a waiting request looks for room itself, besides releases and Retry-After timers
+RECHECK_S = 1.0  # how often the pool looks for room while requests wait, besides releases and Retry-After timers
 
 
 @dataclass
@@ -174,6 +174,7 @@ class ReplicaPool:
         self._waiters: deque[asyncio.Future[int]] = deque()
         self._started = time.monotonic()
         self._wake_at: asyncio.TimerHandle | None = None
+        self._recheck_at: asyncio.TimerHandle | None = None  # `_recheck`, while requests wait
 
     async def acquire(self) -> int:
         """Wait for room at a replica (first come, first served); returns the replica's index."""
@@ -182,21 +183,14 @@ class ReplicaPool:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._admit()  # nothing in flight may release: held back by a Retry-After, it must set its own wake-up
+        if self._recheck_at is None:
+            self._recheck_at = asyncio.get_running_loop().call_later(RECHECK_S, self._recheck)
         try:
-            while True:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(waiter), RECHECK_S)
-                except TimeoutError:
-                    # A safety net: a stage of the end-to-end test once waited for good with nothing in flight and
-                    # no request admitted (a missed wake-up whose cause is not found yet); look again, and count
-                    # what that look admits (nothing, where every release and timer admits what it can).
-                    waiting = len(self._waiters)
-                    self._admit()
-                    self.log.missed_wake_ups += waiting - len(self._waiters)
+            return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.cancelled():
                 self.release(waiter.result())  # admitted, then cancelled: give the room back
-            else:
+            elif waiter in self._waiters:  # else already dropped by `_admit`
                 self._waiters.remove(waiter)
             raise
 
@@ -245,6 +239,16 @@ class ReplicaPool:
     def _woken(self) -> None:
         self._wake_at = None
         self._admit()
+
+    def _recheck(self) -> None:
+        """A safety net, once a second while requests wait: a stage of the end-to-end test once waited for good with
+        nothing in flight and no request admitted (a missed wake-up whose cause is not found yet). Look again, and
+        count what that look admits (nothing, where every release and timer admits what it can)."""
+        waiting = len(self._waiters)
+        self._admit()
+        self.log.missed_wake_ups += waiting - len(self._waiters)
+        loop = asyncio.get_running_loop()
+        self._recheck_at = loop.call_later(RECHECK_S, self._recheck) if self._waiters else None
 
     def _record(self, index: int, why: str) -> None:
         level = self.limits[index].level
