@@ -16,7 +16,7 @@ import yaml
 from raft_assets.evaluation.metrics import extract_answer
 from raft_assets_tests.conftest import SOURCES, run_cli
 from raft_assets_tests.openai_server import OpenAITestServer
-from raft_assets_tests.whole_graph import PAGES, SITE, EndToEndRun, endpoint_env, generator, judge
+from raft_assets_tests.whole_graph import PAGES, RUN_CONFIG, SITE, EndToEndRun, endpoint_env, generator, judge
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.torchrun]
 
@@ -147,6 +147,15 @@ def test_the_keys_appear_nowhere(pipeline):
             assert key.encode() not in path.read_bytes(), path
 
 
+# The new recipes train 2 steps (the whole graph's run trains 4, for the resume module's kill at step 2 of 4).
+NEW_RECIPES_CONFIG = {
+    "ops": {
+        **RUN_CONFIG["ops"],
+        "fsdp_checkpoint": {
+            "config": {**RUN_CONFIG["ops"]["fsdp_checkpoint"]["config"], "max_steps": 2, "save_every_steps": 2}
+        },
+    }
+}
 NEW_RECIPES = {"oracle_always": {"dataset": {"p": 1.0}}, "lora": {"fine_tune": {"method": "lora", "lr": 1.0e-3}}}
 PLANTED = 6  # people's verdicts planted on the default recipe's judged answers
 DISAGREEING = 2  # of them, the ones that say the opposite of the judge
@@ -176,6 +185,8 @@ def more_recipes(end_to_end_run: EndToEndRun):
         for i, row in enumerate(judged)
     ]
     (root / "eval_curation.verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    config = root / "new_recipes_config.yaml"
+    config.write_text(yaml.safe_dump(NEW_RECIPES_CONFIG), encoding="utf-8")
     servers = {
         "generator": OpenAITestServer(generator, models=["llama-70b"], api_key=keys["generator"]),
         "judge": OpenAITestServer(judge, models=["judge"], api_key=keys["judge"]),
@@ -183,7 +194,8 @@ def more_recipes(end_to_end_run: EndToEndRun):
     with servers["generator"], servers["judge"]:
         result = run_cli(
             root,
-            *space.args(),
+            "--config",
+            str(config),
             *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
             sources=space.sources,
             **endpoint_env(servers, keys),
