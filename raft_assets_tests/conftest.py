@@ -43,7 +43,7 @@ UNITS = {
 # The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
 # the others, so that no two of them end up one after the other at the end while the other worker is idle.
 LONGEST_FIRST = (
-    "end_to_end",  # 250 s: the whole graph, two more recipes on it, then a run killed three times and resumed
+    "end_to_end",  # 300 s: the whole graph, two more recipes on it, then a run killed three times and resumed
     "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
     "test_adaptive_concurrency.py",  # 100 s: 1,024 slots kept busy for about a minute
     "test_train_script.py",  # 60 s
