@@ -3,8 +3,9 @@
 The sample sources plus a sitemap source served on loopback (`SiteServer`, which can hold a page: a hung fetch),
 the run config, the generator and the judge behind OpenAI-compatible test servers. `run_end_to_end` is the suite's
 one uninterrupted whole-graph run with endpoints (the demo's runs offline): test_end_to_end checks what it wrote,
-and test_resume_everywhere compares a run killed three times with it. Its servers fail requests (429, 5xx, dropped connections), which the client retries:
-the files are those of a run without faults, so the resumed run, on servers without faults, must write the same.
+and test_resume_everywhere compares a run killed three times with it. Its servers fail requests (429, 5xx, dropped
+connections), which the client retries: the files are those of a run without faults, so the resumed run, on servers
+without faults, must write the same.
 """
 
 from __future__ import annotations
