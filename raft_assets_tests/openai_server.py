@@ -124,8 +124,9 @@ class OpenAITestServer:
     retry_after_s: Retry-After on injected 429/503. hang_s: how long a `timeout` fault hangs before closing.
     fail_first_n: the first N attempts of every distinct request fail with `fail_first_status`.
     keep_bodies: record chat request bodies in stats. stream_chunks: content pieces per streamed reply.
-    hold_after: once this many replies completed, further chat requests wait without an answer until
-    release() or stop(): a client killed then has every completed reply in hand and none half-done.
+    hold_after: once this many chat requests were let through, further ones wait without an answer until
+    release() or stop(). Counting requests let through, not replies, makes the hold exact: when this many
+    replies completed, no other reply can complete, so a client killed then has none half-done.
     batch_latency_s, batch_failed_share: how long a Batch API batch takes and the share of its lines that fail
     (`BatchEndpoints`; `batch_stats` counts them); batch_latency_s None: no Batch API (404), as vLLM's server.
     """
@@ -398,7 +399,7 @@ class OpenAITestServer:
                 self._stats.rate_limited += 1
             message = f"Rate limit of {self.requests_per_minute:g} requests per minute reached."
             return self._error(429, message, {"Retry-After": f"{wait_s:.3f}"})
-        if self.hold_after is not None and self._stats.completed >= self.hold_after:
+        if self.hold_after is not None and sum(self._stats.fingerprints.values()) >= self.hold_after:
             await self._held()
             if request.transport is None or request.transport.is_closing():
                 raise asyncio.CancelledError  # the client went away while held: nothing to answer
