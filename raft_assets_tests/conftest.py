@@ -236,6 +236,9 @@ SMALLER_DEMO = {
     "eval_set": {"size": 10},
     "eval_report": {"max_new_tokens": 8},
 }
+# One training process where two would only cost time: each imports torch and transformers (about 6 CPU-s). The
+# end-to-end and resume runs, test_training_assets and test_train_script train with two.
+ONE_TRAINING_PROCESS = {"trainer": {"config": {"nproc_per_node": 1}}}
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,8 @@ class DemoRun:
 
 
 def smaller_demo_config(folder: Path) -> Path:
-    """The demo's run config, which must validate against the asset job as it is, with the SMALLER_DEMO numbers."""
+    """The demo's run config, which must validate against the asset job as it is, with the SMALLER_DEMO numbers and
+    one training process."""
     from raft_assets.definitions import defs
 
     config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
@@ -257,6 +261,7 @@ def smaller_demo_config(folder: Path) -> Path:
         settings = config["ops"][asset]["config"]
         assert numbers.keys() <= settings.keys(), f"the demo config no longer sets {asset}'s {list(numbers)}"
         settings.update(numbers)
+    config["resources"] = {**config.get("resources", {}), **ONE_TRAINING_PROCESS}
     path = folder / "demo_run_config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

@@ -8,7 +8,7 @@ import pytest
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.defs.partitions import recipes
-from raft_assets_tests.conftest import write_sources
+from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
 
 pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
@@ -24,7 +24,7 @@ FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> str:
-    """A run of one per-recipe asset for the default recipe."""
+    """A run of one per-recipe asset for the default recipe (training in one process)."""
     selector = {
         "repositoryLocationName": repository["location"]["name"],
         "repositoryName": repository["name"],
@@ -33,7 +33,7 @@ def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> st
     }
     params = {
         "selector": selector,
-        "runConfigData": {"ops": {asset: {"config": config}}},
+        "runConfigData": {"ops": {asset: {"config": config}}, "resources": ONE_TRAINING_PROCESS},
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DEFAULT_RECIPE}]},
     }
     launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
