@@ -41,7 +41,7 @@ UNITS = {
     "test_resume_everywhere.py": "end_to_end",
 }
 # The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
-# the others, so that no two of them end up one after the other at the end while the other worker is idle.
+# the others, so that no two of them end up one after the other at the end while the other workers are idle.
 LONGEST_FIRST = (
     "end_to_end",  # 300 s: the whole graph, two more recipes on it, then a run killed three times and resumed
     "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
@@ -51,6 +51,13 @@ LONGEST_FIRST = (
     "test_resume_and_secrets.py",  # 50 s
     "test_cli.py",  # 45 s
 )
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker more than the cores. Part of the suite waits (on its servers, subprocesses, `dagster
+    dev`), and the extra worker keeps the cores busy meanwhile: on 2 cores, measured back to back, 495 s with 3
+    workers (97% of the CPU busy) against 539 s with 2 (91%)."""
+    return len(os.sched_getaffinity(0)) + 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
