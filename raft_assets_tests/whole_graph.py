@@ -40,7 +40,8 @@ RUN_CONFIG = {
 # Faults the client retries: they cost attempts, not rows, and change no file (content faults, which are new
 # requests with another seed, are tested in test_generation and test_curation).
 GENERATOR_FAULTS = {"http_429": 0.04, "http_500": 0.04, "reset": 0.02}
-# The judge gets about 5 requests per eval question (70 with 13 questions): none failed has a chance under 0.1%.
+# The judge gets about 5 requests per eval question (70 with 13 questions): at 10%, that none fails has a chance
+# under 0.1%.
 JUDGE_FAULTS = {"http_503": 0.1}
 SITE = "site"  # the sitemap source's name
 
