@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import polars as pl
 
+from raft_assets.contracts.layout import Layout
 from raft_assets.retrieval.embeddings import embed, embedding_dimension, load_embedder
 from raft_assets.retrieval.index import ChunkIndex
 from raft_assets.retrieval.pending import PendingEmbeddings
@@ -35,6 +36,7 @@ class BuiltIndex:
     index: ChunkIndex
     newly_embedded: int
     embedding_seconds: float
+    dropped: int = 0  # chunks of the previous index in the folder that the new one no longer holds
 
 
 def previous_index(folder: Path, log: Log) -> ChunkIndex | None:
@@ -121,3 +123,25 @@ def build_index(
         log.info(f"Embedded {done}/{len(new)} chunks ({done / embedding_seconds:.1f} chunks/s)")
     index = ChunkIndex(chunk_ids, embeddings, model_name, corpus["doc_id"].to_list())
     return BuiltIndex(index, len(new), embedding_seconds)
+
+
+def rebuild_index(
+    layout: Layout,
+    corpus: pl.DataFrame,
+    model_name: str,
+    log: Log,
+    reuse_first: Sequence[ChunkIndex] = (),
+    batch_size: int = 64,
+    device: str | None = None,
+) -> BuiltIndex:
+    """The index of `corpus` built into `layout.index_folder` and saved there, reusing the embeddings of
+    `reuse_first`, then of the folder's previous index, then those an interrupted build left pending (which are
+    cleared once the index is saved)."""
+    previous = previous_index(layout.index_folder, log)
+    pending = PendingEmbeddings(layout.pending_index_folder, model_name)
+    reusable = reusable_embeddings([*reuse_first, previous], pending, log)
+    built = build_index(corpus, model_name, reusable, pending, log, batch_size, device)
+    built.index.save(layout.index_folder)
+    pending.clear()
+    dropped = len(set(previous.chunk_ids) - set(built.index.chunk_ids)) if previous else 0
+    return replace(built, dropped=dropped)

@@ -33,9 +33,8 @@ from raft_assets.defs.metadata import partition_metadata
 from raft_assets.defs.recipes import with_overrides
 from raft_assets.ingestion.chunking import ChunkingOptions, split_documents
 from raft_assets.ingestion.near_duplicates import shingles
-from raft_assets.retrieval.building import BuiltIndex, Log, build_index, previous_index, reusable_embeddings
+from raft_assets.retrieval.building import BuiltIndex, Log, rebuild_index
 from raft_assets.retrieval.index import ChunkIndex
-from raft_assets.retrieval.pending import PendingEmbeddings
 
 
 def chunking_options(instance: dg.DagsterInstance, recipe: Recipe, sources: list[str]) -> dict[str, ChunkingOptions]:
@@ -118,12 +117,7 @@ def write_own_corpus(layout: Layout, options: dict[str, ChunkingOptions]) -> pl.
 def build_own_index(layout: Layout, corpus: pl.DataFrame, log: Log) -> BuiltIndex:
     """The recipe's index, with the shared index's model and its vectors (and the recipe's previous index's)."""
     shared = ChunkIndex.load(layout.with_shared_chunks.index_folder, read_faiss=False)
-    pending = PendingEmbeddings(layout.pending_index_folder, shared.model)
-    reusable = reusable_embeddings([shared, previous_index(layout.index_folder, log)], pending, log)
-    built = build_index(corpus, shared.model, reusable, pending, log)
-    built.index.save(layout.index_folder)
-    pending.clear()
-    return built
+    return rebuild_index(layout, corpus, shared.model, log, reuse_first=[shared])
 
 
 def move_oracles(samples: list[Sample], shared: list[Passage], own: list[Passage]) -> list[Sample]:

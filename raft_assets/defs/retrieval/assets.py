@@ -10,9 +10,8 @@ from raft_assets.defs.ingestion.assets import chunks
 from raft_assets.defs.metadata import file_link, markdown_preview
 from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
-from raft_assets.retrieval.building import build_index, previous_index, reusable_embeddings
+from raft_assets.retrieval.building import rebuild_index
 from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingModelNotFoundError, resolve_model_path
-from raft_assets.retrieval.pending import PendingEmbeddings
 
 
 class RetrievalIndexConfig(dg.Config):
@@ -50,17 +49,12 @@ def retrieval_index(
     if missing:
         context.log.warning(f"No chunks yet for sources {', '.join(missing)}: they are not in the index.")
     frame = read_corpus(paths.layout, sources)
-    chunk_ids = frame["chunk_id"].to_list()
 
     folder = paths.layout.index_folder
-    pending = PendingEmbeddings(paths.layout.pending_index_folder, config.embedding_model)
-    previous = previous_index(folder, context.log)
-    reusable = reusable_embeddings([previous], pending, context.log)
-    built = build_index(frame, config.embedding_model, reusable, pending, context.log, config.batch_size, config.device)
+    built = rebuild_index(
+        paths.layout, frame, config.embedding_model, context.log, batch_size=config.batch_size, device=config.device
+    )
     index = built.index
-    index.save(folder)
-    pending.clear()
-
     newly_embedded = built.newly_embedded
     seconds = time.perf_counter() - started
     context.log.info(f"Indexed {len(index)} chunks ({newly_embedded} embedded, {len(index) - newly_embedded} reused)")
@@ -72,7 +66,7 @@ def retrieval_index(
         "sources": len(sources) - len(missing),
         "newly_embedded": newly_embedded,
         "reused": len(index) - newly_embedded,
-        "dropped": len(set(previous.chunk_ids) - set(chunk_ids)) if previous else 0,
+        "dropped": built.dropped,
         "chunks_in_several_sources": int((frame["sources"].list.len() > 1).sum()),
         "model": config.embedding_model,
         "dimension": index.dimension,
