@@ -47,7 +47,7 @@ CHARS_PER_TOKEN = 4  # for estimates before a request is sent
 PREFLIGHT_TIMEOUT_S = 15.0  # per attempt of the endpoint check (GET /models)
 REDACTED = "REDACTED"  # in place of the API key, in an error message that echoes it
 DEFAULT_RETRY_AFTER_S = 1.0  # when a 429/503 does not say how long to wait
-MAX_RETRY_AFTER_S = 60.0
+MAX_OVERLOAD_WAIT_S = 60.0  # the longest Retry-After of a 429/503 that is waited (a longer one: this long)
 
 
 class RequestFailed(Exception):
@@ -170,7 +170,7 @@ def _per_minute_limiter(per_minute: int) -> AsyncLimiter:
 def retry_after(headers: Mapping[str, str]) -> float:
     """Seconds a 429/503 asks to wait, within 0 to 60 s (1 s when it does not say)."""
     asked = retry_after_s(headers)
-    return DEFAULT_RETRY_AFTER_S if asked is None else min(max(asked, 0.0), MAX_RETRY_AFTER_S)
+    return DEFAULT_RETRY_AFTER_S if asked is None else min(max(asked, 0.0), MAX_OVERLOAD_WAIT_S)
 
 
 def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> str:
