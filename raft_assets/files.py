@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,3 +88,15 @@ def current_umask() -> int:
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def open_shared_database(path: Path, schema: str) -> sqlite3.Connection:
+    """The SQLite file `path` (made, with the table of `schema`, when missing), for several processes to read and
+    write at once: write-ahead log, a writer waits up to 60 s for another's lock, each statement its own
+    transaction unless one is begun."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    database.execute("PRAGMA journal_mode=WAL")
+    database.execute("PRAGMA synchronous=NORMAL")
+    database.execute(schema)
+    return database

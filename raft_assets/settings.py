@@ -29,6 +29,7 @@ class Settings:
     experiments_file: str  # the recipes compared by experiment_report
     data_dir: str
     checkpoint_dir: str
+    embedding_cache: str | None  # unset: the one in data_dir
     base_model: str  # a local model folder, a Hugging Face id in the local cache, or `tiny`
     eval_curation: str  # the eval set's curation file
     crawl_schedule: str  # cron, UTC
@@ -64,6 +65,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         experiments_file=env.get("RAFT_EXPERIMENTS", "data/experiments.yaml"),
         data_dir=env.get("RAFT_DATA_DIR", "data/generated"),
         checkpoint_dir=env.get("RAFT_CHECKPOINT_DIR", "checkpoints"),
+        embedding_cache=env.get("RAFT_EMBEDDING_CACHE") or None,
         base_model=env.get("RAFT_BASE_MODEL", "tiny"),
         eval_curation=env.get("RAFT_EVAL_CURATION", "data/eval_curation.yaml"),
         crawl_schedule=env.get("RAFT_CRAWL_SCHEDULE", "0 3 * * *"),

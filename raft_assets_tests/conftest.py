@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +62,36 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return len(os.sched_getaffinity(0)) + 1
 
 
+# One embedding cache for the whole suite, its workers and the processes they start: the sample corpus, the eval
+# questions and the curated questions are embedded once, by whichever test asks first, instead of in every run of
+# the graph (about 100 CPU-s on 2 cores). The fixtures that build the same project anew use it (`cli_env`,
+# `sample_pipeline`); `project` keeps its own, in its data folder, for the tests that count what is embedded.
+EMBEDDING_CACHE_VARIABLE = "RAFT_EMBEDDING_CACHE"
+EMBEDDING_CACHE_FOLDER = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Python's SIGINT handler in every worker, also when the suite was started in the background of a script
+    """The suite's embedding cache, made by the first process (the xdist workers inherit its environment), and
+    Python's SIGINT handler in every worker, also when the suite was started in the background of a script
     (SIGINT ignored). Dagster's in-process tools give SIGTERM the handler of SIGINT and leave it there, so the
     processes that later tests start would inherit SIGTERM ignored: a stand-in vLLM server stopped with SIGTERM
     waits out its 30 s grace period, `serve` ends with 0 instead of the signal. (The `raft-assets` command is not
     affected: its runs handle both signals while they execute.)"""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not hasattr(config, "workerinput"):
+        folder = tempfile.mkdtemp(prefix="raft-embedding-cache-")
+        config.stash[EMBEDDING_CACHE_FOLDER] = folder
+        os.environ[EMBEDDING_CACHE_VARIABLE] = str(Path(folder) / "embeddings.sqlite")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if EMBEDDING_CACHE_FOLDER in config.stash:
+        shutil.rmtree(config.stash[EMBEDDING_CACHE_FOLDER], ignore_errors=True)
+
+
+def suite_embedding_cache() -> str:
+    return os.environ[EMBEDDING_CACHE_VARIABLE]
 
 
 def work_unit(nodeid: str) -> str:
@@ -104,9 +128,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 def cli_env(tmp_path: Path, sources: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment of a `raft-assets` run with its own DAGSTER_HOME and data folder under tmp_path, and its own
-    experiments file there (only the `default` recipe until a test writes it)."""
+    experiments file there (only the `default` recipe until a test writes it), and the suite's embedding cache."""
     return {
         **{key: value for key, value in os.environ.items() if not key.startswith("RAFT_")},
+        EMBEDDING_CACHE_VARIABLE: suite_embedding_cache(),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "RAFT_DATA_DIR": str(tmp_path / "generated"),
         "RAFT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
@@ -224,6 +249,7 @@ def sample_pipeline(tmp_path_factory):
         sources_file=str(REPO / "data" / "sources.yaml"),
         data_dir=str(root / "generated"),
         checkpoint_dir=str(root / "checkpoints"),
+        embedding_cache=suite_embedding_cache(),
     )
     curation = root / "curation.yaml"
     with dg.instance_for_test() as instance:

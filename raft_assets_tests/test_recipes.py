@@ -207,7 +207,9 @@ def test_a_recipe_with_its_own_chunking_writes_its_corpus_and_index_and_moves_th
         SOURCES, SMALL_CHUNKS
     )
     assert facts["recipe_chunks"] == corpus.height and facts["shared_chunks"] == shared.height
-    assert facts["recipe_index_embedded"] + facts["recipe_index_reused"] == corpus.height
+    reused, from_cache = facts["recipe_index_reused"], facts["recipe_index_from_embedding_cache"]
+    assert facts["recipe_index_embedded"] + from_cache + reused == corpus.height
+    assert reused == len(set(index.chunk_ids) & set(shared_index.chunk_ids))  # the shared index's vectors
     assert facts[CHUNKS_FINGERPRINT] == chunks_fingerprint(corpus["chunk_id"])
 
     # Every question is on a chunk of the recipe's, of its own document; those without one are counted.

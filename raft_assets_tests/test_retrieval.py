@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -16,15 +17,16 @@ from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.hashing import content_hash
+from raft_assets.retrieval.embedding_cache import EmbeddingCache, EmbeddingCacheError
 from raft_assets.retrieval.embeddings import (
     DEFAULT_EMBEDDING_MODEL,
+    Embedder,
     EmbeddingModelNotFoundError,
     embed,
     load_embedder,
     resolve_model_path,
 )
 from raft_assets.retrieval.index import FAISS_FILE, MANIFEST_FILE, ChunkIndex
-from raft_assets.retrieval.pending import PendingEmbeddings
 
 
 def normalised(vectors) -> np.ndarray:
@@ -82,6 +84,52 @@ def test_models_resolve_offline_and_unknown_ones_give_a_clear_error(tmp_path: Pa
     with pytest.raises(EmbeddingModelNotFoundError, match="not a model folder"):
         resolve_model_path(str(tmp_path / "no-model-here"))
     assert (resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") / "modules.json").is_file()
+
+
+CACHED = ["Llamas are camelids.", "FSDP shards parameters.", "Llamas are camelids."]
+
+
+def test_the_embedding_cache_gives_the_models_vectors_without_loading_the_model(tmp_path: Path):
+    file = tmp_path / "cache" / "embeddings.sqlite"
+    first = Embedder(DEFAULT_EMBEDDING_MODEL, EmbeddingCache(file))
+    vectors = first.embed(CACHED)
+    assert first.computed == 2 and first.seconds > 0  # the repeated text once
+    np.testing.assert_array_equal(vectors, embed(load_embedder(DEFAULT_EMBEDDING_MODEL), CACHED))
+    assert len(EmbeddingCache(file)) == 2
+
+    # Another process's embedder on the same file: nothing to embed, so its model is never loaded.
+    second = Embedder(DEFAULT_EMBEDDING_MODEL, EmbeddingCache(file))
+    np.testing.assert_array_equal(second.embed(CACHED), vectors)
+    assert second.computed == 0 and "model" not in vars(second)
+    mixed = second.embed(["A new text.", CACHED[1]])
+    assert second.computed == 1 and "model" in vars(second)
+    np.testing.assert_array_equal(mixed[1], vectors[1])
+    assert second.embed([]).shape == (0, 384)
+
+
+def test_another_copy_or_a_changed_file_of_the_model_is_another_key_of_the_cache(tmp_path: Path):
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_path(DEFAULT_EMBEDDING_MODEL), model, copy_function=os.link)
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    Embedder(DEFAULT_EMBEDDING_MODEL, cache).embed(CACHED)
+
+    copy = Embedder(str(model), cache)
+    copy.embed(CACHED)
+    assert copy.computed == 2  # the same weights in another folder: embedded again, never mixed up
+
+    config = model / "config.json"
+    config.write_text(config.read_text())  # a new modification time: the model may have changed
+    changed = Embedder(str(model), cache)
+    assert changed.key != copy.key
+    changed.embed(CACHED)
+    assert changed.computed == 2
+
+
+def test_a_damaged_embedding_cache_says_to_delete_it(tmp_path: Path):
+    file = tmp_path / "embeddings.sqlite"
+    file.write_bytes(b"not a database, " * 100)
+    with pytest.raises(EmbeddingCacheError, match=rf"{file}.*only saves time: delete it"):
+        EmbeddingCache(file)
 
 
 # -- the index -------------------------------------------------------------------------------------------
@@ -212,7 +260,7 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     instance.add_dynamic_partitions(doc_sources.name, ["alpha", "beta", "gamma"])  # gamma has no chunks yet
 
     first = materialize(project, instance)
-    assert first["chunks"] == 6 and first["newly_embedded"] == 6 and first["reused"] == 0
+    assert (first["chunks"], first["newly_embedded"], first["from_embedding_cache"], first["reused"]) == (6, 6, 0, 0)
     assert first["model"] == DEFAULT_EMBEDDING_MODEL and first["dimension"] == 384
     assert first["sources_without_chunks"] == "gamma"
     index = ChunkIndex.load(project.layout.index_folder)
@@ -247,17 +295,33 @@ def test_the_asset_builds_the_index_and_embeds_only_changed_chunks(project: Proj
     assert len(ChunkIndex.load(project.layout.index_folder)) == 6  # the index is untouched
 
 
-def test_the_asset_resumes_with_the_embeddings_of_an_interrupted_run(project: ProjectPaths, instance):
+def test_the_asset_resumes_with_the_embeddings_that_a_killed_build_added_to_the_cache(project: ProjectPaths, instance):
     write_chunks(project, "alpha", ALPHA)
     instance.add_dynamic_partitions(doc_sources.name, ["alpha"])
-    text = ALPHA["llamas"][0]
-    folder = project.layout.index_folder
-    pending = PendingEmbeddings(folder.with_name(".index.pending"), DEFAULT_EMBEDDING_MODEL)
-    pending.add([content_hash(text)], embed(load_embedder(DEFAULT_EMBEDDING_MODEL), [text]))
+    killed = Embedder(DEFAULT_EMBEDDING_MODEL, EmbeddingCache(project.layout.embedding_cache_file))
+    killed.embed([ALPHA["llamas"][0]])  # the build's first slice, before it was killed
 
     result = materialize(project, instance)
-    assert (result["chunks"], result["newly_embedded"], result["reused"]) == (4, 3, 1)
-    assert not pending.folder.exists()
+    counts = ("chunks", "newly_embedded", "from_embedding_cache", "reused")
+    assert tuple(result[key] for key in counts) == (4, 3, 1, 0)
+
+
+def test_projects_sharing_an_embedding_cache_embed_a_text_once(project: ProjectPaths, instance, tmp_path: Path):
+    shared = tmp_path / "shared" / "embeddings.sqlite"
+    first = ProjectPaths(**{**project.model_dump(), "embedding_cache": str(shared)})
+    second = ProjectPaths(**{**first.model_dump(), "data_dir": str(tmp_path / "second")})
+    for paths in (first, second):
+        write_chunks(paths, "alpha", ALPHA)
+    instance.add_dynamic_partitions(doc_sources.name, ["alpha"])
+
+    first_counts, second_counts = (materialize(paths, instance) for paths in (first, second))
+    counts = ("newly_embedded", "from_embedding_cache", "reused")
+    assert tuple(first_counts[key] for key in counts) == (4, 0, 0)
+    assert tuple(second_counts[key] for key in counts) == (0, 4, 0)
+    assert not project.layout.embedding_cache_file.exists()  # the data folder's own is not used
+    np.testing.assert_array_equal(
+        ChunkIndex.load(second.layout.index_folder).embeddings, ChunkIndex.load(first.layout.index_folder).embeddings
+    )
 
 
 def test_the_asset_fails_without_chunks(project: ProjectPaths, instance):

@@ -28,7 +28,7 @@ from raft_assets.defs.partitions import doc_sources
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.retrieval.assets import retrieval_index
 from raft_assets.defs.training.base_model import base_model
-from raft_assets_tests.conftest import REPO, graph_resources, run_assets, write_sources
+from raft_assets_tests.conftest import REPO, graph_resources, run_assets, suite_embedding_cache, write_sources
 
 pytestmark = pytest.mark.slow  # the fixture runs the graph up to the eval set on two sources
 
@@ -47,7 +47,10 @@ def twice_sourced(tmp_path_factory):
         root / "sources.yaml", [{"name": name, "kind": "local", "path": str(folder)} for name in SOURCES]
     )
     project = ProjectPaths(
-        sources_file=str(sources), data_dir=str(root / "generated"), checkpoint_dir=str(root / "checkpoints")
+        sources_file=str(sources),
+        data_dir=str(root / "generated"),
+        checkpoint_dir=str(root / "checkpoints"),
+        embedding_cache=suite_embedding_cache(),
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(doc_sources.name, SOURCES)

@@ -126,6 +126,7 @@ def serve_command(args: argparse.Namespace) -> int:
 def open_service(args: argparse.Namespace, layout: Layout, stack: ExitStack) -> Starlette:
     """The service's application: the index, the model (a vLLM server stays up while `stack` is open), the options."""
     retriever = Retriever.load(layout)
+    _ = retriever.embedder.model  # loaded now rather than with the first question
     model = open_model(args, layout, stack)
     info = ServiceInfo(
         model=model.name,

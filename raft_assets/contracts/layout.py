@@ -6,7 +6,7 @@
         questions/<source>.parquet            questions
         cot_answers/<source>.parquet          cot_answers
         curated_answers/<source>.parquet      curated_answers, and <source>.scores.png: its score histogram
-        index/                                retrieval_index (`.index.pending/` while it is built)
+        index/                                retrieval_index
         raft/raft.jsonl, raft_train.jsonl,    raft_dataset, and splits.parquet: every sample's split
              raft_test.jsonl, raft_chat.jsonl
         eval/eval_set.json                    eval_set
@@ -16,6 +16,8 @@
         recipes/<recipe>/chunks.parquet,      a recipe with its own chunking: its corpus (the columns of
                          index/               `read_corpus`) and its retrieval index, both written by raft_dataset
         llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
+        embedding_cache/embeddings.sqlite     every text embedded, by model (index, curation, evaluation), unless
+                                              RAFT_EMBEDDING_CACHE names a file shared with other projects
         llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
     <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
         base/base_model.json                  base_model: which model to fine-tune (base/tiny/ when built)
@@ -63,10 +65,14 @@ class Layout:
     checkpoint_dir: Path
     recipe: str = DEFAULT_RECIPE
     own_chunking: bool = False  # the recipe's own corpus and index, under its folder
+    shared_embedding_cache: Path | None = None  # an embedding cache outside data_dir, shared with other projects
 
     @classmethod
-    def of(cls, data_dir: str | Path, checkpoint_dir: str | Path) -> Layout:
-        return cls(Path(data_dir), Path(checkpoint_dir))
+    def of(
+        cls, data_dir: str | Path, checkpoint_dir: str | Path, shared_embedding_cache: str | Path | None = None
+    ) -> Layout:
+        shared = Path(shared_embedding_cache) if shared_embedding_cache else None
+        return cls(Path(data_dir), Path(checkpoint_dir), shared_embedding_cache=shared)
 
     def of_recipe(self, recipe: str, own_chunking: bool = False) -> Layout:
         """The files of `recipe`: its own dataset, runs and reports, and with `own_chunking` its own corpus and
@@ -122,13 +128,16 @@ class Layout:
         """The sources that have a file of `stage`, whatever the partitions say (for readers outside a run)."""
         return sorted(path.stem for path in (self.data_dir / stage).glob("*.parquet"))
 
+    @property
+    def embedding_cache_file(self) -> Path:
+        return self.shared_embedding_cache or self.data_dir / "embedding_cache" / "embeddings.sqlite"
+
     def raft_file(self, part: str) -> Path:
         """`all`, `train`, `test` or `chat` (`RAFT_FILES`)."""
         return self.raft_folder / RAFT_FILES[part]
 
     # Every other file or folder: (the root it is under, its path there).
     index_folder = under("chunking_dir", "index")
-    pending_index_folder = under("chunking_dir", ".index.pending")  # what an interrupted index build embedded
     eval_set_file = under("data_dir", "eval", "eval_set.json")
     experiment_reports_folder = under("data_dir", "reports")
     reply_cache_file = under("data_dir", "llm_cache", "replies.sqlite")

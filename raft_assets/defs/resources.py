@@ -36,6 +36,11 @@ class ProjectPaths(dg.ConfigurableResource):
     experiments_file: str = "data/experiments.yaml"
     data_dir: str = "data/generated"
     checkpoint_dir: str = "checkpoints"
+    embedding_cache: str | None = Field(
+        default=None,
+        description="An embedding cache file shared with other projects (texts embedded once per model, whoever "
+        "asked); unset: data_dir's own.",
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProjectPaths:
@@ -44,12 +49,13 @@ class ProjectPaths(dg.ConfigurableResource):
             experiments_file=settings.experiments_file,
             data_dir=settings.data_dir,
             checkpoint_dir=settings.checkpoint_dir,
+            embedding_cache=settings.embedding_cache,
         )
 
     @property
     def layout(self) -> Layout:
         """Where every asset's files are (`contracts/layout.py`)."""
-        return Layout.of(self.data_dir, self.checkpoint_dir)
+        return Layout.of(self.data_dir, self.checkpoint_dir, self.embedding_cache)
 
     def sources(self) -> list[SourceSpec]:
         return load_sources(Path(self.sources_file))

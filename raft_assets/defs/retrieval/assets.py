@@ -36,7 +36,8 @@ def retrieval_index(
 ) -> dg.MaterializeResult:
     """Normalised sentence-transformers embeddings of every chunk with an exact FAISS index (`ChunkIndex`).
 
-    Incremental: a chunk already in the previous index of the same model keeps its embedding.
+    Incremental: a chunk already in the previous index of the same model keeps its embedding, and a text in the
+    embedding cache (`Layout.embedding_cache_file`) is not embedded again.
     """
     started = time.perf_counter()
     try:
@@ -55,17 +56,20 @@ def retrieval_index(
         paths.layout, frame, config.embedding_model, context.log, batch_size=config.batch_size, device=config.device
     )
     index = built.index
-    newly_embedded = built.newly_embedded
     seconds = time.perf_counter() - started
-    context.log.info(f"Indexed {len(index)} chunks ({newly_embedded} embedded, {len(index) - newly_embedded} reused)")
+    context.log.info(
+        f"Indexed {len(index)} chunks ({built.newly_embedded} embedded, {built.from_cache} from the embedding cache, "
+        f"{built.reused} reused from the previous index)"
+    )
     metadata = {
         **file_link(folder),
         "dagster/row_count": len(index),
         "chunks": len(index),
         "documents": frame["doc_id"].n_unique(),
         "sources": len(sources) - len(missing),
-        "newly_embedded": newly_embedded,
-        "reused": len(index) - newly_embedded,
+        "newly_embedded": built.newly_embedded,
+        "from_embedding_cache": built.from_cache,
+        "reused": built.reused,
         "dropped": built.dropped,
         "chunks_in_several_sources": int((frame["sources"].list.len() > 1).sum()),
         "model": config.embedding_model,
@@ -74,8 +78,8 @@ def retrieval_index(
         "embedding_seconds": built.embedding_seconds,
         "preview": markdown_preview(frame.select("chunk_id", "doc_id", "source", "text")),
     }
-    if newly_embedded:
-        metadata["chunks_per_second"] = newly_embedded / built.embedding_seconds if built.embedding_seconds else 0.0
+    if built.newly_embedded:
+        metadata["chunks_per_second"] = built.newly_embedded / built.embedding_seconds
     if missing:
         metadata["sources_without_chunks"] = ", ".join(missing)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(index.data_version))
