@@ -1,15 +1,18 @@
-"""Two GPU assets submitted together through a real `dagster dev` never run at the same time (pool `gpu`)."""
+"""Two GPU assets in runs in progress together through a real `dagster dev` never run at the same time (pool `gpu`)."""
 
 import shutil
 import time
+from collections.abc import Callable
 
 import dagster as dg
 import pytest
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
 from raft_assets.defs.partitions import recipes
-from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, write_sources
+from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, QUICK_VALIDATION, write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
+from raft_assets_tests.openai_server import OpenAITestServer
+from raft_assets_tests.whole_graph import judge
 
 pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
 
@@ -41,6 +44,10 @@ def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> st
     return launched["run"]["runId"]
 
 
+def status(server: DagsterDev, run_id: str) -> str:
+    return server.graphql(RUN, {"id": run_id})["runOrError"]["status"]
+
+
 def wait_for(server: DagsterDev, run_ids: list[str], timeout: float = 600) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,40 +58,59 @@ def wait_for(server: DagsterDev, run_ids: list[str], timeout: float = 600) -> li
     raise AssertionError(f"runs not finished after {timeout} s: {[run['status'] for run in runs]}")
 
 
+def wait_until(ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.5)
+
+
 def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_path):
+    """The evaluation run's GPU step waits on the judge (its test server holds every request) until the training
+    run is in progress too: then the pool, not the run queue, is what keeps the two GPU steps apart."""
     project, _, _ = sample_pipeline
     data_dir = shutil.copytree(project.data_dir, tmp_path / "generated")
     checkpoint_dir = shutil.copytree(project.checkpoint_dir, tmp_path / "checkpoints")
     no_sources = write_sources(tmp_path / "sources.yaml", [])  # the sensors have nothing to add or watch
-    env = dev_env(tmp_path, no_sources, RAFT_DATA_DIR=str(data_dir), RAFT_CHECKPOINT_DIR=str(checkpoint_dir))
-    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
+    judge_server = OpenAITestServer(judge, models=["judge"], hold_after=0)
+    with judge_server:
+        env = dev_env(
+            tmp_path,
+            no_sources,
+            RAFT_DATA_DIR=str(data_dir),
+            RAFT_CHECKPOINT_DIR=str(checkpoint_dir),
+            RAFT_JUDGE_BASE_URL=judge_server.base_url,
+            RAFT_JUDGE_MODEL="judge",
+        )
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
 
-    with dagster_dev(env) as server:
-        [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
-        for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
-            server.graphql(STOP_SENSOR, {"id": sensor["id"]})
-        # One short step, then the validation on the whole test file: the training run lasts for seconds, long after
-        # the evaluation run has started (with QUICK_VALIDATION it could end before the run queue starts the other).
-        training = launch(
-            server,
-            repository,
-            "fsdp_checkpoint",
-            {"max_steps": 1, "save_every_steps": 1, "context_length": 2048},
-        )
-        evaluation = launch(
-            server,
-            repository,
-            "eval_report",
-            {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 2},
-        )
-        runs = wait_for(server, [training, evaluation])
+        with dagster_dev(env) as server:
+            [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
+            for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
+                server.graphql(STOP_SENSOR, {"id": sensor["id"]})
+            evaluation = launch(
+                server,
+                repository,
+                "eval_report",
+                {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 2},
+            )
+            training = launch(
+                server,
+                repository,
+                "fsdp_checkpoint",
+                {"max_steps": 1, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION},
+            )
+            wait_until(lambda: (stats := judge_server.stats).requests > stats.model_listings, "asked the judge")
+            wait_until(lambda: status(server, training) in {"STARTED", *FINISHED}, "started the training run")
+            judge_server.release()
+            runs = wait_for(server, [training, evaluation])
 
     assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
     [train_step] = runs[0]["stepStats"]
     [eval_step] = runs[1]["stepStats"]
     # The runs themselves were in progress together (the run queue let both start) ...
     assert max(run["startTime"] for run in runs) < min(run["endTime"] for run in runs)
-    # ... but their GPU steps ran one after the other.
-    first, second = sorted([train_step, eval_step], key=lambda step: step["startTime"])
-    assert first["endTime"] <= second["startTime"], (first, second)
+    # ... but their GPU steps ran one after the other: the evaluation's, then the training's.
+    assert eval_step["endTime"] <= train_step["startTime"], (eval_step, train_step)
+    assert judge_server.stats.completed > 0  # the judge's replies came after its hold

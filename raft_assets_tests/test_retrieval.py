@@ -107,6 +107,17 @@ def test_the_embedding_cache_gives_the_models_vectors_without_loading_the_model(
     assert second.embed([]).shape == (0, 384)
 
 
+def test_a_texts_first_vector_in_the_cache_stays_so_every_reader_gets_the_same(tmp_path: Path):
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    first, other = normalised(np.random.default_rng(0).standard_normal((2, 8)))
+    cache.store("model", ["text"], first[None])
+    cache.store("model", ["text", "another"], np.stack([other, other]))  # a second process that missed it too
+    [kept, added] = cache.lookup("model", ["text", "another"])
+    np.testing.assert_array_equal(kept, first)
+    np.testing.assert_array_equal(added, other)
+    assert cache.lookup("another model", ["text"]) == [None]
+
+
 def test_another_copy_or_a_changed_file_of_the_model_is_another_key_of_the_cache(tmp_path: Path):
     model = tmp_path / "model"
     shutil.copytree(resolve_model_path(DEFAULT_EMBEDDING_MODEL), model, copy_function=os.link)

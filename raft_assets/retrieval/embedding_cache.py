@@ -60,13 +60,15 @@ class EmbeddingCache:
         return [np.frombuffer(found[key], dtype=np.float32) if key in found else None for key in keys]
 
     def store(self, model: str, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Adds the vectors of texts not in the cache yet. A text's first vector stays: one computed in a batch of
+        other texts may differ from it in the last bits, and every reader must get the same one."""
         rows = [
             (model, content_hash(text), np.ascontiguousarray(vector, dtype=np.float32).tobytes())
             for text, vector in zip(texts, vectors, strict=True)
         ]
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO embeddings (model, text_hash, vector) VALUES (?, ?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO embeddings (model, text_hash, vector) VALUES (?, ?, ?)", rows)
             self._db.execute("COMMIT")
 
     def __len__(self) -> int:

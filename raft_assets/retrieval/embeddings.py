@@ -156,7 +156,8 @@ class Embedder:
         computed = embed(self.model, missing, self.batch_size)
         self.seconds += time.perf_counter() - started
         self.computed += len(missing)
-        if self.cache is not None:
+        if self.cache is not None:  # the cache's vectors, the same in every process (see `store`)
             self.cache.store(self.key, missing, computed)
+            computed = np.stack(self.cache.lookup(self.key, missing))
         row = {text: vector for text, vector in zip(missing, computed, strict=True)}
         return np.stack([row[text] if vector is None else vector for text, vector in zip(texts, cached, strict=True)])
