@@ -70,16 +70,23 @@ EMBEDDING_CACHE_VARIABLE = "RAFT_EMBEDDING_CACHE"
 EMBEDDING_CACHE_FOLDER = pytest.StashKey[str]()
 
 
+# One compute thread in each of the suite's processes (workers, the runs and servers they start), as the trainer
+# already gives each training process: `-n auto` keeps every core busy with more processes than cores, and torch's
+# OpenMP threads of one process would spin at their barriers waiting for cores the others hold.
+ONE_THREAD = "1"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The suite's embedding cache, made by the first process (the xdist workers inherit its environment), and
-    Python's SIGINT handler in every worker, also when the suite was started in the background of a script
-    (SIGINT ignored). Dagster's in-process tools give SIGTERM the handler of SIGINT and leave it there, so the
-    processes that later tests start would inherit SIGTERM ignored: a stand-in vLLM server stopped with SIGTERM
+    """In the first process (the xdist workers inherit its environment): one thread per process and the suite's
+    embedding cache. In every process: Python's SIGINT handler, also when the suite was started in the background of
+    a script (SIGINT ignored). Dagster's in-process tools give SIGTERM the handler of SIGINT and leave it there, so
+    the processes that later tests start would inherit SIGTERM ignored: a stand-in vLLM server stopped with SIGTERM
     waits out its 30 s grace period, `serve` ends with 0 instead of the signal. (The `raft-assets` command is not
     affected: its runs handle both signals while they execute.)"""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if not hasattr(config, "workerinput"):
+        os.environ.setdefault("OMP_NUM_THREADS", ONE_THREAD)
         folder = tempfile.mkdtemp(prefix="raft-embedding-cache-")
         config.stash[EMBEDDING_CACHE_FOLDER] = folder
         os.environ[EMBEDDING_CACHE_VARIABLE] = str(Path(folder) / "embeddings.sqlite")
