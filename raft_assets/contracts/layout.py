@@ -16,9 +16,9 @@
         recipes/<recipe>/chunks.parquet,      a recipe with its own chunking: its corpus (the columns of
                          index/               `read_corpus`) and its retrieval index, both written by raft_dataset
         llm_cache/replies.sqlite              every model reply, content-addressed (generation, evaluation)
+        llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
         embedding_cache/embeddings.sqlite     every text embedded, by model (index, curation, evaluation), unless
                                               RAFT_EMBEDDING_CACHE names a file shared with other projects
-        llm_cache/batches/<stage>/<source>.json  the Batch API batches a stage submitted and has not fetched yet
     <checkpoint_dir>/                         RAFT_CHECKPOINT_DIR, default checkpoints
         base/base_model.json                  base_model: which model to fine-tune (base/tiny/ when built)
         fsdp/<run>/, fsdp/latest_run          fsdp_checkpoint: a run's DCP checkpoints; the newest run's name
