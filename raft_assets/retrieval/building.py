@@ -8,6 +8,7 @@ slice by slice, each slice added to the cache as it is done, so that a killed bu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -119,9 +120,9 @@ def rebuild_index(
     """The index of `corpus` built into `layout.index_folder` and saved there, reusing the embeddings of
     `reuse_first`, then of the folder's previous index, then of the layout's embedding cache."""
     previous = previous_index(layout.index_folder, log)
-    embedder = Embedder(model_name, EmbeddingCache(layout.embedding_cache_file), device, batch_size)
     reusable = reusable_embeddings([*reuse_first, previous], model_name, log)
-    built = build_index(corpus, embedder, reusable, log)
+    with closing(EmbeddingCache(layout.embedding_cache_file)) as cache:
+        built = build_index(corpus, Embedder(model_name, cache, device, batch_size), reusable, log)
     built.index.save(layout.index_folder)
     dropped = len(set(previous.chunk_ids) - set(built.index.chunk_ids)) if previous else 0
     return replace(built, dropped=dropped)

@@ -134,8 +134,11 @@ class Embedder:
         self.batch_size = batch_size
         self.computed = 0  # texts the model embedded (the others came from the cache)
         self.seconds = 0.0  # the model's time on them
-        # The model's identity in the cache: its folder and its files (another version of a model is another key).
-        self.key = content_hash(str(self.path), tree_fingerprint(self.path))
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The model's identity in the cache: its folder and its files (another version of a model is another key)."""
+        return content_hash(str(self.path), tree_fingerprint(self.path))
 
     @functools.cached_property
     def model(self) -> SentenceTransformer:

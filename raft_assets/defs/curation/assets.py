@@ -1,7 +1,7 @@
 """The per-source `curated_answers` asset: every answered question rated on the rubric, near-duplicates merged, a
 keep/reject verdict that `raft_dataset` and `eval_set` read; and its two blocking checks, on the file written."""
 
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, closing
 
 import dagster as dg
 import polars as pl
@@ -136,9 +136,10 @@ def curated_answers(
             backend, curation_prompt(), batch(pending), parse_rating, config.max_attempts, progress
         ),
     )
-    embedder = Embedder(config.embedding_model, EmbeddingCache(paths.layout.embedding_cache_file))
     policy = Policy(config.min_score, config.dedup_threshold)
-    table = curate(answers, pending, outcomes, run_metadata["curator"], policy, embedder.embed)
+    with closing(EmbeddingCache(paths.layout.embedding_cache_file)) as cache:
+        embedder = Embedder(config.embedding_model, cache)
+        table = curate(answers, pending, outcomes, run_metadata["curator"], policy, embedder.embed)
 
     path = paths.stage_file("curated_answers", source)
     write_parquet(table, path)
