@@ -320,12 +320,12 @@ def test_training_killed_at_a_checkpoint_resumes_there_and_trains_each_step_once
     assert run.fsdp_after_training_kill == []  # the killed run materialized nothing
     saved = int(run.checkpoint_at_kill.removeprefix("step_"))
 
-    # the next run resumed from the checkpoint and trained only the steps after it, the last run none
+    # the next run resumed from the checkpoint and trained only the steps after it; the last run launched no training
     resumed, again = run.space.fsdp_materializations()
-    assert resumed["resumed"] is True and resumed["steps"] == STEPS
+    assert resumed["resumed"] is True and resumed["launched"] is True and resumed["steps"] == STEPS
     assert f"resumed from {run.checkpoint_at_kill}: step {saved}" in run.logs[2].read_text()
     assert step_lines(run.logs[2]) == list(range(saved + 1, STEPS + 1))
-    assert again["resumed"] is True and step_lines(run.logs[3]) == []
+    assert again["launched"] is False and again["steps"] == STEPS and step_lines(run.logs[3]) == []
     assert [point["step"] for point in resumed["loss_curve"]] == list(range(1, STEPS + 1))
     assert set(step_lines(run.logs[1])) >= set(range(1, saved + 1))  # what the killed run had trained
     assert all(run.generator[fingerprint] == 1 for fingerprint in run.generator_at_kill[1])  # no request repeated

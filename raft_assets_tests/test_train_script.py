@@ -9,6 +9,7 @@ checkpoint left off and ends with the same weights. A LoRA run trains only the a
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from raft_assets.training.checkpoint import (
     PROBE_FILE,
     PROBE_TEXT,
     STATE_FILE,
+    SUMMARY_FILE,
     Probe,
+    finished_summary,
     latest_checkpoint,
     load_into_model,
     load_params,
@@ -160,6 +163,26 @@ def test_training_lowers_the_loss_and_writes_sharded_checkpoints(full_run):
     curve = metadata["loss_curve"].value
     assert [point["step"] for point in curve] == list(range(1, STEPS + 1))
     assert curve[2]["val_loss"] == pytest.approx(metrics[2]["val_loss"])
+
+
+def test_a_finished_run_is_known_by_its_summary_until_latest_names_another_checkpoint(full_run, tmp_path):
+    """What fsdp_checkpoint reads to decide not to launch a finished run again: `summary.json`, written after the
+    last checkpoint, holds what was reported through Pipes; a copied run folder gives its own paths."""
+    output_dir, metadata = full_run
+    copy = shutil.copytree(output_dir, tmp_path / "copy")
+    summary = finished_summary(copy)
+    assert summary is not None
+    for key in ("steps", "final_train_loss", "best_val_loss", "train_tokens", "dropped_samples"):
+        assert summary[key] == metadata[key].value, key
+    assert summary["loss_curve"] == metadata["loss_curve"].value
+    assert summary["last_checkpoint"] == str((copy / "step_000006").resolve())
+
+    # A run resumed from an earlier checkpoint (or killed after it) is not finished, whatever the file says.
+    (copy / LATEST_FILE).write_text("step_000004\n")
+    assert finished_summary(copy) is None
+    (copy / LATEST_FILE).write_text("step_000006\n")
+    (copy / SUMMARY_FILE).unlink()  # a run killed before it wrote its summary
+    assert finished_summary(copy) is None
 
 
 def test_each_checkpoint_records_what_its_weights_compute_on_the_probe_text(full_run, inputs):

@@ -74,7 +74,7 @@ def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
     trained, exported = full_tune.trained, full_tune.exported
     run_dir = Path(trained["path"])
     assert trained["steps"] == 3 and [point["step"] for point in trained["loss_curve"]] == [1, 2, 3]
-    assert trained["processes"] == 2 and not trained["resumed"]
+    assert trained["processes"] == 2 and not trained["resumed"] and trained["launched"]
     assert trained["loss_plot"].startswith("![loss curve](data:image/png;base64,iVBOR")  # inline on the page
     assert (run_dir / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     assert {p.name for p in (run_dir / "step_000003").iterdir()} >= {".metadata", "__0_0.distcp", PROBE_FILE}
@@ -99,9 +99,13 @@ def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
     base = AutoModelForCausalLM.from_pretrained(read_pointer(project.layout).path)
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # training changed the weights
 
-    # The same settings again: the run folder is the same, and the finished run is resumed, not redone.
+    # The same settings again: the run folder is the same, and the finished run is not launched again; its
+    # materialization says what the training reported.
     again = fine_tune(project, instance, max_steps=3)
-    assert again.trained["path"] == trained["path"] and again.trained["resumed"]
+    assert again.trained["path"] == trained["path"] and again.trained["resumed"] and not again.trained["launched"]
+    for key in ("steps", "final_train_loss", "loss_curve", "last_checkpoint", "processes"):
+        assert again.trained[key] == trained[key], key
+    assert again.trained["loss_plot"] == trained["loss_plot"]
 
 
 def test_the_run_and_its_export_are_readable_by_others_under_umask_022(full_tune):

@@ -11,6 +11,8 @@ A run's output folder:
         trainer_state.json     (the export is compared with it)
         probe.json
     latest                     the name of the newest complete step folder (written last)
+    summary.json               what the finished run reported (rank 0, after its last checkpoint): a run whose
+                               `latest` names the summary's `last_checkpoint` is not launched again
 
 The model state holds the Hugging Face parameter names of the trained module (`model.layers.0.mlp.up_proj.weight`,
 `lm_head.weight`; with LoRA the PEFT names, `base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight`,
@@ -42,6 +44,9 @@ METRICS_FILE = "metrics.jsonl"
 LATEST_FILE = "latest"
 STATE_FILE = "trainer_state.json"
 PROBE_FILE = "probe.json"
+SUMMARY_FILE = "summary.json"
+SUMMARY_PATHS = ("output_dir", "last_checkpoint")  # the summary's folders, reported as paths
+LOSS_CURVE = "loss_curve"  # the summary's per-step losses, reported as JSON
 STEP_PREFIX = "step_"
 # The text whose per-token log-probabilities the training script records at every checkpoint and the export
 # computes again from the files it wrote.
@@ -74,6 +79,23 @@ def write_latest(output_dir: Path, folder_name: str) -> None:
 
 def read_trainer_state(step_folder: Path) -> dict[str, Any]:
     return json.loads((Path(step_folder) / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    write_text_atomically(Path(output_dir) / SUMMARY_FILE, json.dumps(summary) + "\n")
+
+
+def finished_summary(output_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that has trained all its steps, if `latest` still names the checkpoint it ended with,
+    with the paths of the folder where it is now; None for a run not started, killed or resumed since."""
+    path = Path(output_dir) / SUMMARY_FILE
+    last = latest_checkpoint(output_dir)
+    if last is None or not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if Path(summary["last_checkpoint"]).name != last.name:
+        return None
+    return {**summary, "output_dir": str(Path(output_dir).resolve()), "last_checkpoint": str(last.resolve())}
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, Any]]:

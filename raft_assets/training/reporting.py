@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from raft_assets.files import write_text_atomically
-from raft_assets.training.checkpoint import METRICS_FILE, read_metrics
+from raft_assets.training.checkpoint import LOSS_CURVE, METRICS_FILE, SUMMARY_PATHS, read_metrics, write_summary
 from raft_assets.training.distributed import Dist
 from raft_assets.training.params import TrainParams
 
@@ -59,6 +59,7 @@ class Reporter:
         write_text_atomically(self.output_dir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in kept))
 
     def finish(self, last_checkpoint: Path) -> dict[str, Any]:
+        """The run's summary: logged, written to `summary.json`, reported through Pipes and to W&B."""
         if not self.main:
             return {}
         records = read_metrics(self.output_dir)
@@ -81,12 +82,13 @@ class Reporter:
             "last_checkpoint": str(last_checkpoint.resolve()),
         }
         self.log("done: " + json.dumps(summary))
+        curve = [{"step": r["step"], "loss": r["loss"], "val_loss": r.get("val_loss")} for r in records]
+        write_summary(self.output_dir, {**summary, LOSS_CURVE: curve})
         if self.pipes is not None:
             metadata: dict[str, Any] = {key: value for key, value in summary.items() if value is not None}
-            for key in ("output_dir", "last_checkpoint"):
+            for key in SUMMARY_PATHS:
                 metadata[key] = {"raw_value": summary[key], "type": "path"}
-            curve = [{"step": r["step"], "loss": r["loss"], "val_loss": r.get("val_loss")} for r in records]
-            metadata["loss_curve"] = {"raw_value": curve, "type": "json"}
+            metadata[LOSS_CURVE] = {"raw_value": curve, "type": "json"}
             self.pipes.report_asset_materialization(metadata=metadata)
         if self.wandb is not None:
             self.wandb.summary.update({key: value for key, value in summary.items() if value is not None})

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -22,7 +22,15 @@ from raft_assets.defs.training.trainer import TrainerResource
 from raft_assets.hashing import content_hash
 from raft_assets.settings import load_settings
 from raft_assets.training.base_model import read_pointer
-from raft_assets.training.checkpoint import LATEST_FILE, PARAMS_FILE, PROBE_FILE
+from raft_assets.training.checkpoint import (
+    LATEST_FILE,
+    LOSS_CURVE,
+    PARAMS_FILE,
+    PROBE_FILE,
+    SUMMARY_PATHS,
+    finished_summary,
+    read_trainer_state,
+)
 from raft_assets.training.loss_plot import plot_loss_curve
 from raft_assets.training.params import Hyperparameters, TrainParams
 
@@ -76,16 +84,22 @@ def fsdp_checkpoint(
     context: dg.AssetExecutionContext, config: FineTuneConfig, paths: ProjectPaths, trainer: TrainerResource
 ) -> dg.MaterializeResult:
     """Fine-tune the base model on the recipe's raft_train.jsonl with FSDP2 under torchrun; sharded DCP
-    checkpoints."""
+    checkpoints. A run that already trained all its steps (the same settings and data) is not launched again."""
     run = recipe_run(context, paths)
     params = train_params(config, run)
     run_dir = Path(params.output_dir)
     resuming = (run_dir / LATEST_FILE).is_file()
-    context.log.info(f"{'Resuming' if resuming else 'Starting'} run {run_dir.name} in {run_dir}")
-    result = trainer.run(context, params.save(run_dir / PARAMS_FILE))
+    if finished := finished_summary(run_dir):
+        context.log.info(f"Run {run_dir.name} in {run_dir} trained all its steps before: not launched again")
+        reported = finished_run_metadata(finished)
+        processes = read_trainer_state(Path(finished["last_checkpoint"]))["world_size"]
+    else:
+        context.log.info(f"{'Resuming' if resuming else 'Starting'} run {run_dir.name} in {run_dir}")
+        result = trainer.run(context, params.save(run_dir / PARAMS_FILE))
+        reported = dict(result.metadata or {})
+        processes = trainer.processes() * trainer.nnodes
     Layout.set_latest_run(run_dir)
-    reported = dict(result.metadata or {})
-    if curve := getattr(reported.get("loss_curve"), "value", None):
+    if curve := getattr(reported.get(LOSS_CURVE), "value", None):
         plot = plot_loss_curve(curve, run_dir / LOSS_PLOT)
         reported["loss_plot"] = dg.MetadataValue.md(inline_png(plot, "loss curve"))
     return dg.MaterializeResult(
@@ -95,10 +109,20 @@ def fsdp_checkpoint(
             **recipe_metadata(run.recipe),
             "run": run_dir.name,
             "resumed": resuming,
-            "processes": trainer.processes() * trainer.nnodes,
+            "launched": finished is None,
+            "processes": processes,
         },
         data_version=dg.DataVersion(content_hash(run_dir.name, (run_dir / LATEST_FILE).read_text())),
     )
+
+
+def finished_run_metadata(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the training of a finished run reported through Pipes, from its `summary.json`."""
+    return {
+        **{key: value for key, value in summary.items() if value is not None},
+        **{key: dg.MetadataValue.path(summary[key]) for key in SUMMARY_PATHS},
+        LOSS_CURVE: dg.MetadataValue.json(summary[LOSS_CURVE]),
+    }
 
 
 class ExportConfig(dg.Config):
