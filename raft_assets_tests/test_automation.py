@@ -64,12 +64,14 @@ def sensor_tick(instance, project) -> dg.SensorResult | dg.SkipReason:
     return local_folders_sensor(dg.build_sensor_context(instance=instance, resources={"paths": project}))
 
 
-def test_the_schedule_requests_a_crawl_of_every_source(instance):
+def test_the_schedule_requests_a_crawl_of_every_source():
     tick = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
-    assert isinstance(crawl_schedule(dg.build_schedule_context(instance, scheduled_execution_time=tick)), dg.SkipReason)
-
-    instance.add_dynamic_partitions(doc_sources.name, SOURCES)
-    runs = crawl_schedule(dg.build_schedule_context(instance, scheduled_execution_time=tick))
+    with dg.instance_for_test() as instance:  # a schedule's context takes an instance that has a reference
+        assert isinstance(
+            crawl_schedule(dg.build_schedule_context(instance, scheduled_execution_time=tick)), dg.SkipReason
+        )
+        instance.add_dynamic_partitions(doc_sources.name, SOURCES)
+        runs = crawl_schedule(dg.build_schedule_context(instance, scheduled_execution_time=tick))
     assert sorted(run.partition_key for run in runs) == SOURCES
     assert len({run.run_key for run in runs}) == len(SOURCES)
     assert crawl_schedule.cron_schedule == "0 3 * * *"  # daily

@@ -66,7 +66,7 @@ def sources(tmp_path_factory) -> Path:
 def online(sources, tmp_path_factory) -> tuple[dict[str, pl.DataFrame], Counter[str]]:
     """What the online mode writes, and the requests it sent (body fingerprint -> replies)."""
     project = project_at(tmp_path_factory.mktemp("online"), sources)
-    with dg.instance_for_test() as instance, OpenAITestServer(raft_responder) as server:
+    with dg.DagsterInstance.ephemeral() as instance, OpenAITestServer(raft_responder) as server:
         llm = LLMResource(base_url=server.base_url, model="test-model", timeout_s=5.0)
         assert run(project, llm, instance).success
         return outputs(project), server.stats.completed_fingerprints
@@ -224,7 +224,7 @@ def test_a_run_killed_after_submitting_polls_the_same_batch(sources, online, tmp
 
 def main(data_dir: str, sources_file: str, base_url: str) -> None:
     """The generation in batch mode, in a process of its own (the kill test's)."""
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         run(project_at(Path(data_dir), Path(sources_file)), batch_llm(base_url), instance)
 
 

@@ -52,7 +52,7 @@ def twice_sourced(tmp_path_factory):
         checkpoint_dir=str(root / "checkpoints"),
         embedding_cache=suite_embedding_cache(),
     )
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(doc_sources.name, SOURCES)
         for source in SOURCES:
             run_assets(project, instance, [documents, chunks, questions, cot_answers, curated_answers], source)
