@@ -19,8 +19,8 @@ the evaluation report (timings aside). Nothing half-written is left behind.
 
 Killing the generation half way (questions and CoT answers) is tested in test_resume_and_secrets.py. Not saved
 across a kill: the pages of a sitemap source (a source is fetched again as a whole). The local models' answers in
-`eval_report` are kept under the identity of the checkpoint's files; the fine-tuned model's are computed again
-here, since the rerun exports `hf_checkpoint` again (new files). Neither is an LLM request nor a training step.
+`eval_report` are kept under the identity of the checkpoint's files, which the run after the kill in evaluation
+keeps (`hf_checkpoint` is not written again for the same checkpoint).
 """
 
 from __future__ import annotations

@@ -100,12 +100,18 @@ def test_fine_tune_export_and_generate(full_tune, sample_pipeline):
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # training changed the weights
 
     # The same settings again: the run folder is the same, and the finished run is not launched again; its
-    # materialization says what the training reported.
+    # materialization says what the training reported. Its export is not written again: the files, unchanged,
+    # are loaded and compared.
+    written = {path.name: path.stat().st_mtime_ns for path in hf.iterdir()}
     again = fine_tune(project, instance, max_steps=3)
     assert again.trained["path"] == trained["path"] and again.trained["resumed"] and not again.trained["launched"]
     for key in ("steps", "final_train_loss", "loss_curve", "last_checkpoint", "processes"):
         assert again.trained[key] == trained[key], key
     assert again.trained["loss_plot"] == trained["loss_plot"]
+    assert exported["written"] and not again.exported["written"] and again.check.passed
+    assert {path.name: path.stat().st_mtime_ns for path in hf.iterdir()} == written
+    for key in ("max_logprob_diff_vs_training", "max_logprob_diff_vs_fp32", "parameters", "dtype"):
+        assert again.exported[key] == exported[key], key
 
 
 def test_the_run_and_its_export_are_readable_by_others_under_umask_022(full_tune):
@@ -206,6 +212,19 @@ def test_matches_training_fails_when_two_layers_are_swapped_in_the_shards(full_t
     assert "differ from the trained model's by at most" in check.description
     # the export itself was written: the check, not a crash, stopped the run
     assert (checkpoints / "hf" / run.name / "model.safetensors").is_file()
+
+
+def test_an_export_whose_files_changed_is_written_again(full_tune, instance, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    run = copy_run(Path(full_tune.trained["path"]), checkpoints)
+    first, kept = export(checkpoints, instance), export(checkpoints, instance)
+    assert metadata(first, "hf_checkpoint")["written"] and not metadata(kept, "hf_checkpoint")["written"]
+
+    weights = checkpoints / "hf" / run.name / "model.safetensors"
+    weights.write_bytes(b"not the exported weights")
+    again = export(checkpoints, instance)
+    assert again.success and metadata(again, "hf_checkpoint")["written"] and matches_training(again).passed
+    assert weights.read_bytes() != b"not the exported weights"
 
 
 def test_matches_training_fails_with_its_reason_for_a_checkpoint_without_a_probe_record(full_tune, instance, tmp_path):

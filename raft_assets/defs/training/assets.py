@@ -194,7 +194,7 @@ def matches_training(export: "Export", config: ExportConfig, run_dir: Path) -> d
 )
 def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths: ProjectPaths) -> dg.MaterializeResult:
     """The fine-tuned model as a Hugging Face checkpoint (safetensors, config, tokenizer with chat template),
-    checked against what the trained model computed."""
+    checked against what the trained model computed; written once per checkpoint (`training.export`)."""
     layout = recipe_run(context, paths).layout
     run_dir = Layout.latest_run(layout.fsdp_folder)
     if run_dir is None:
@@ -206,7 +206,8 @@ def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths
     export = export_hf_checkpoint(run_dir, target)
     Layout.set_latest_run(target)
     check = matches_training(export, config, run_dir)
-    context.log.info(f"Saved {target}. {check.description}")
+    done = "Saved" if export.written else f"Kept {export.step_folder.name}'s export, unchanged, in"
+    context.log.info(f"{done} {target}. {check.description}")
     differences = {
         "max_logprob_diff_vs_training": export.max_logprob_diff_vs_training,
         "max_logprob_diff_vs_fp32": export.max_logprob_diff_vs_fp32,
@@ -216,6 +217,7 @@ def hf_checkpoint(context: dg.AssetExecutionContext, config: ExportConfig, paths
             **file_link(target),
             "run": run,
             "from_checkpoint": export.step_folder.name,
+            "written": export.written,
             "dtype": export.dtype,
             "parameters": export.parameters,
             **{key: value for key, value in differences.items() if value is not None},
