@@ -11,7 +11,7 @@ from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 # Seconds to import each, which every step of a run (the multiprocess executor imports the code location in each
 # step's process), the code server and the CLI would pay: the steps that use them import them.
-HEAVY_MODULES = ("torch", "transformers", "nltk", "matplotlib.pyplot", "datasketch", "scipy")
+HEAVY_MODULES = ("torch", "transformers", "nltk", "matplotlib.pyplot", "datasketch", "scipy", "openai", "pypdf")
 
 
 @pytest.mark.slow  # imports the module in a new interpreter

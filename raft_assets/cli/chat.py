@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import openai
-
 from raft_assets.contracts.layout import Layout
 from raft_assets.contracts.raft_format import quoted_spans
 from raft_assets.inference.answering import DEFAULT_MAX_NEW_TOKENS, AnswerRequest, stream_endpoint
@@ -156,6 +154,8 @@ def interactive(retriever: Retriever | None, top_k: int, answerer: Answerer) -> 
 
 def answer(question: str, retriever: Retriever | None, top_k: int, answerer: Answerer) -> bool:
     """Stream the answer to the terminal, then its sources; False when the model could not be asked."""
+    import openai  # here: 0.8 s to import, which the other commands need not wait for
+
     chunks = retriever.top_k([question], top_k)[0] if retriever else []
     pieces = []
     try:

@@ -17,16 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from logging import Logger
 from pathlib import Path
-from typing import Any
-
-import openai
-from openai.types import Batch
+from typing import TYPE_CHECKING, Any
 
 from raft_assets.contracts.prompts import Prompt
 from raft_assets.files import write_text_atomically
 from raft_assets.llm.asking import attempt_params
 from raft_assets.llm.client import ChatClient, ChatReply, EndpointUnusable, Plan, Usage
 from raft_assets.llm.reply_cache import CachedReply
+
+if TYPE_CHECKING:  # openai is imported when a batch is sent (see client.py)
+    import openai
+    from openai.types import Batch
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"  # the only window the Batch API offers
@@ -135,6 +136,8 @@ class BatchFirst:
         if not left and plan.cached == plan.requests:
             return  # a run from the cache sends nothing
         await self.client.check_endpoints()  # a wrong URL, key or model stops the stage with its reason, as online
+        import openai
+
         config = self.client.config
         async with openai.AsyncOpenAI(
             base_url=config.urls[0], api_key=config.api_key, max_retries=config.max_retries, timeout=config.timeout_s
@@ -171,6 +174,8 @@ class BatchFirst:
         return lines
 
     async def _submit(self, api: openai.AsyncOpenAI, lines: list[str]) -> str:
+        import openai
+
         try:
             upload = await api.files.create(file=("requests.jsonl", "".join(lines).encode()), purpose="batch")
             batch = await api.batches.create(
@@ -192,6 +197,8 @@ class BatchFirst:
 
     async def _finish(self, api: openai.AsyncOpenAI, batch_id: str) -> set[str]:
         """Polls the batch until it is over, puts its replies in the cache; the keys of the lines it reported."""
+        import openai
+
         try:
             batch = await self._poll(api, batch_id)
             if batch_id not in self.report.ids:  # submitted by a killed run

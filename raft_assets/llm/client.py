@@ -21,10 +21,9 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import openai
 from aiolimiter import AsyncLimiter
 
 from raft_assets.contracts.prompts import Prompt
@@ -38,6 +37,9 @@ from raft_assets.llm.transport import (
     new_session,
     retry_after_s,
 )
+
+if TYPE_CHECKING:  # openai is imported where an endpoint is used: 0.8 s of every process's start otherwise
+    import openai
 
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3-70B-Instruct"
 DEFAULT_MAX_CONCURRENCY = 1024  # an upper bound: the level adapts below it (see concurrency.py)
@@ -176,6 +178,8 @@ def retry_after(headers: Mapping[str, str]) -> float:
 def connection_problem(error: openai.APIConnectionError, timeout_s: float) -> str:
     """What went wrong below HTTP. The SDK calls a refused connection through its aiohttp transport a timeout
     (a `ConnectTimeout` of its HTTP layer, "Cannot connect to host ..."): a failed connection, not a slow server."""
+    import openai
+
     if isinstance(error, openai.APITimeoutError) and type(error.__cause__).__name__ != "ConnectTimeout":
         return f"timed out after {timeout_s:g} s"
     return f"connection failed: {error.__cause__ or error}"
@@ -201,6 +205,8 @@ class ChatClient:
         self._endpoints_checked: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ChatClient:
+        import openai
+
         config = self.config
         self._clients = [
             openai.AsyncOpenAI(
@@ -283,6 +289,8 @@ class ChatClient:
         A server without the route (404) or failing it (5xx) is given the benefit of the doubt: its chat requests
         say more. Two attempts and at most 15 s each, so a wrong URL stops a stage within seconds.
         """
+        import openai
+
         for url, client in zip(self.config.urls, self._clients, strict=True):
             checking = client.with_options(max_retries=1, timeout=min(self.config.timeout_s, PREFLIGHT_TIMEOUT_S))
             try:
