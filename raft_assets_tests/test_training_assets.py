@@ -2,7 +2,8 @@
 
 A full fine-tune (under umask 022) and a LoRA one (under umask 027) are trained once each and exported; the
 tests read what they wrote. The export's check `matches_training` passes on both, and fails on a copy of the
-full run whose shards had two decoder layers swapped, and on one without its probe record.
+full run whose shards had two decoder layers swapped, and on one without its probe record. An export is written
+once per checkpoint: materialized again, it is kept; with its weights overwritten, it is written again.
 """
 
 import shutil
