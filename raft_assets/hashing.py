@@ -17,9 +17,11 @@ def content_hash(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def tree_fingerprint(root: Path) -> str:
-    """`files_fingerprint` of every file under `root` (a checkpoint folder, say)."""
-    return files_fingerprint(root, sorted(path for path in root.rglob("*") if path.is_file()))
+def tree_fingerprint(root: Path, leaving_out: str | None = None) -> str:
+    """`files_fingerprint` of every file under `root` (a checkpoint folder, say), but those named `leaving_out`."""
+    return files_fingerprint(
+        root, sorted(path for path in root.rglob("*") if path.is_file() and path.name != leaving_out)
+    )
 
 
 def files_fingerprint(root: Path, files: Iterable[Path]) -> str:

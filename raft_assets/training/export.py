@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from raft_assets.files import replace_dir, staging_dir
-from raft_assets.hashing import files_fingerprint, tree_fingerprint
+from raft_assets.hashing import tree_fingerprint
 from raft_assets.training.checkpoint import (
     PROBE_TEXT,
     Probe,
@@ -44,7 +44,7 @@ class ExportRecord:
     """What an export folder was written from, saved in it with the files."""
 
     checkpoint: str  # `tree_fingerprint` of the step folder exported
-    files: str  # `files_fingerprint` of the folder's other files, as saved
+    files: str  # `tree_fingerprint` of the folder's other files, as saved
     fp32_token_logprobs: list[float]  # of the probe text, by the trained weights in float32 before saving
 
     @classmethod
@@ -57,11 +57,7 @@ class ExportRecord:
 
     def describes(self, folder: Path, checkpoint: str) -> bool:
         """Whether `folder` is still the export of the checkpoint with this fingerprint, its files as saved."""
-        return self.checkpoint == checkpoint and self.files == exported_files_fingerprint(folder)
-
-
-def exported_files_fingerprint(folder: Path) -> str:
-    return files_fingerprint(folder, sorted(p for p in folder.rglob("*") if p.is_file() and p.name != EXPORT_RECORD))
+        return self.checkpoint == checkpoint and self.files == tree_fingerprint(folder, leaving_out=EXPORT_RECORD)
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ def save(
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        record = ExportRecord(checkpoint, exported_files_fingerprint(staging), fp32.tolist())
+        record = ExportRecord(checkpoint, tree_fingerprint(staging, leaving_out=EXPORT_RECORD), fp32.tolist())
         (staging / EXPORT_RECORD).write_text(json.dumps(asdict(record)) + "\n", encoding="utf-8")
         replace_dir(staging, target)
     finally:
