@@ -8,8 +8,8 @@ import dagster as dg
 import pytest
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
-from raft_assets.defs.partitions import recipes
-from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, QUICK_VALIDATION, write_sources
+from raft_assets.defs.partitions import doc_sources, recipes
+from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, QUICK_VALIDATION, SOURCES, write_sources
 from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev, dev_env
 from raft_assets_tests.openai_server import OpenAITestServer
 from raft_assets_tests.whole_graph import judge
@@ -17,7 +17,7 @@ from raft_assets_tests.whole_graph import judge
 pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
 
 REPOSITORY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
-    name location { name } sensors { id name } } } } }"""
+    name location { name } sensors { id name sensorState { status ticks(limit: 1) { status } } } } } } }"""
 STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename } }"
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
@@ -26,22 +26,42 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run {
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
-def launch(server: DagsterDev, repository: dict, asset: str, config: dict) -> str:
-    """A run of one per-recipe asset for the default recipe (training in one process)."""
+def launch(server: DagsterDev, repository: dict, configs: dict[str, dict]) -> str:
+    """A run of per-recipe assets (with their configs) for the default recipe (training in one process)."""
     selector = {
         "repositoryLocationName": repository["location"]["name"],
         "repositoryName": repository["name"],
         "jobName": "__ASSET_JOB",
-        "assetSelection": [{"path": [asset]}],
+        "assetSelection": [{"path": [asset]} for asset in configs],
     }
     params = {
         "selector": selector,
-        "runConfigData": {"ops": {asset: {"config": config}}, "resources": ONE_TRAINING_PROCESS},
+        "runConfigData": {
+            "ops": {asset: {"config": config} for asset, config in configs.items()},
+            "resources": ONE_TRAINING_PROCESS,
+        },
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DEFAULT_RECIPE}]},
     }
     launched = server.graphql(LAUNCH, {"params": params})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
+
+
+def stop_sensors(server: DagsterDev, timeout: float = 120) -> dict:
+    """Stop every sensor, for good: a tick in progress when it is stopped writes its sensor's state back at its end
+    as it read it (running), so stop again until every sensor is stopped with no tick in progress, twice in a row.
+    Returns the repository."""
+    deadline, settled = time.monotonic() + timeout, 0
+    while settled < 2:
+        assert time.monotonic() < deadline, "the sensors do not stay stopped"
+        [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
+        running = [sensor for sensor in repository["sensors"] if sensor["sensorState"]["status"] != "STOPPED"]
+        ticking = [s for s in repository["sensors"] if any(t["status"] == "STARTED" for t in s["sensorState"]["ticks"])]
+        for sensor in running:
+            server.graphql(STOP_SENSOR, {"id": sensor["id"]})
+        settled = 0 if running or ticking else settled + 1
+        time.sleep(0.5)
+    return repository
 
 
 def status(server: DagsterDev, run_id: str) -> str:
@@ -67,7 +87,12 @@ def wait_until(ready: Callable[[], bool], what: str, timeout: float = 300) -> No
 
 def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_path):
     """The evaluation run's GPU step waits on the judge (its test server holds every request) until the training
-    run is in progress too: then the pool, not the run queue, is what keeps the two GPU steps apart."""
+    run is in progress too: then the pool, not the run queue, is what keeps the two GPU steps apart.
+
+    The training run begins with raft_dataset, outside the pool. Dagster's run queue holds back a run whose first
+    steps all wait for a full pool (`block_op_concurrency_limited_runs`, on with `concurrency.pools`): a run of
+    fsdp_checkpoint alone stayed queued while the evaluation held the slot, unless the daemon had taken both runs
+    from the queue in the tick before the pool existed, and the test waited for it in vain."""
     project, _, _ = sample_pipeline
     data_dir = shutil.copytree(project.data_dir, tmp_path / "generated")
     checkpoint_dir = shutil.copytree(project.checkpoint_dir, tmp_path / "checkpoints")
@@ -86,20 +111,34 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
             instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
 
         with dagster_dev(env) as server:
-            [repository] = server.graphql(REPOSITORY)["repositoriesOrError"]["nodes"]
-            for sensor in repository["sensors"]:  # only the two runs below: no automation reacting to them
-                server.graphql(STOP_SENSOR, {"id": sensor["id"]})
+            repository = stop_sensors(server)  # only the two runs below: no automation reacting to them
+            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # raft_dataset reads every source
+                instance.add_dynamic_partitions(doc_sources.name, SOURCES)  # (the sensors would have removed them)
             evaluation = launch(
                 server,
                 repository,
-                "eval_report",
-                {"models": ["base"], "top_k": [3], "without_context": False, "max_new_tokens": 8, "max_questions": 2},
+                {
+                    "eval_report": {
+                        "models": ["base"],
+                        "top_k": [3],
+                        "without_context": False,
+                        "max_new_tokens": 8,
+                        "max_questions": 2,
+                    }
+                },
             )
             training = launch(
                 server,
                 repository,
-                "fsdp_checkpoint",
-                {"max_steps": 1, "save_every_steps": 1, "context_length": 2048, **QUICK_VALIDATION},
+                {
+                    "raft_dataset": {},
+                    "fsdp_checkpoint": {
+                        "max_steps": 1,
+                        "save_every_steps": 1,
+                        "context_length": 2048,
+                        **QUICK_VALIDATION,
+                    },
+                },
             )
             wait_until(lambda: (stats := judge_server.stats).requests > stats.model_listings, "asked the judge")
             wait_until(lambda: status(server, training) in {"STARTED", *FINISHED}, "started the training run")
@@ -107,7 +146,7 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
             runs = wait_for(server, [training, evaluation])
 
     assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
-    [train_step] = runs[0]["stepStats"]
+    train_step = next(step for step in runs[0]["stepStats"] if step["stepKey"] == "fsdp_checkpoint")
     [eval_step] = runs[1]["stepStats"]
     # The runs themselves were in progress together (the run queue let both start) ...
     assert max(run["startTime"] for run in runs) < min(run["endTime"] for run in runs)
