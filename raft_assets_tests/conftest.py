@@ -34,9 +34,8 @@ UNITS = {
     "test_training_assets.py": "sample_pipeline",
     "test_gpu_pool.py": "sample_pipeline",
     "test_recipes.py": "sample_pipeline",
-    # the fixtures demo_run and dagster_dev_server (which serves the demo's DAGSTER_HOME)
+    # the fixture demo_run, which test_ui.py's `dagster dev` serves
     "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
-    "test_code_location.py::test_dagster_dev_serves_the_asset_graph": "demo",
     "test_ui.py": "demo",
     # the fixture end_to_end_run: the uninterrupted run, then the run killed and resumed, compared with it
     "test_end_to_end.py": "end_to_end",
@@ -316,7 +315,7 @@ def smaller_demo_config(folder: Path) -> Path:
 def demo_run(tmp_path_factory) -> DemoRun:
     """What `make demo` does: every asset, the sample sources, the shipped recipes, offline, on the CPU, with the
     demo's run config (smaller numbers), under umask 022, into a DAGSTER_HOME set up as `make dev` sets it up. The
-    demo test reads its files; `dagster_dev_server` serves it to the UI tests (one unit of work for xdist)."""
+    demo test reads its files; test_ui.py's `dagster dev` serves it (one unit of work for xdist)."""
     from raft_assets_tests.dagster_dev import dev_env
 
     root = tmp_path_factory.mktemp("demo")
@@ -336,16 +335,6 @@ def demo_run(tmp_path_factory) -> DemoRun:
         os.umask(umask)
     assert result.returncode == 0, result.stdout + result.stderr
     return DemoRun(root, env, result)
-
-
-@pytest.fixture(scope="session")
-def dagster_dev_server(demo_run: DemoRun):
-    """One `dagster dev` on the demo's DAGSTER_HOME, for the tests that only look at it (test_code_location, test_ui):
-    the whole graph materialized, for both sample sources and both shipped recipes."""
-    from raft_assets_tests.dagster_dev import dagster_dev
-
-    with dagster_dev(demo_run.env) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

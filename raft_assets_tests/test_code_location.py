@@ -1,5 +1,5 @@
-"""The code location loads in Dagster's own tools (`dagster definitions validate`, `dagster dev`), and loads without
-the libraries that only a few steps use."""
+"""The code location loads in Dagster's own tools (`dagster definitions validate`; `dagster dev` in test_ui.py), and
+loads without the libraries that only a few steps use."""
 
 import subprocess
 import sys
@@ -8,7 +8,6 @@ import pytest
 
 from raft_assets_tests.dagster_dev import DAGSTER, REPO, dev_env
 
-ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
 # Seconds to import each, which every step of a run (the multiprocess executor imports the code location in each
 # step's process), the code server and the CLI would pay: the steps that use them import them.
 HEAVY_MODULES = ("torch", "transformers", "nltk", "matplotlib.pyplot", "datasketch", "scipy", "openai", "pypdf")
@@ -38,21 +37,3 @@ def test_definitions_validate(tmp_path, target):
     )
     assert result.returncode == 0, result.stderr
     assert "Validation successful for code location raft_assets" in result.stdout + result.stderr
-
-
-@pytest.mark.dagster_dev
-def test_dagster_dev_serves_the_asset_graph(dagster_dev_server):  # conftest.py: shared with test_ui.py
-    response = dagster_dev_server.graphql(ASSET_NODES)
-    nodes = {tuple(node["assetKey"]["path"]): node for node in response["assetNodes"]}
-    assert set(nodes) >= {("documents",), ("chunks",)}
-    assert nodes[("documents",)]["isPartitioned"] and nodes[("chunks",)]["groupName"] == "ingestion"
-
-    query = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
-        sensors { name sensorState { status } } schedules { name cronSchedule scheduleState { status } } } } } }"""
-    [repository] = dagster_dev_server.graphql(query)["repositoriesOrError"]["nodes"]
-    sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
-    names = ("doc_sources_sensor", "recipes_sensor", "local_folders_sensor", "automation_sensor")
-    assert sensors == {name: "RUNNING" for name in names}
-    schedules = {schedule["name"]: schedule for schedule in repository["schedules"]}
-    assert schedules["crawl_schedule"]["scheduleState"]["status"] == "RUNNING"
-    assert schedules["crawl_schedule"]["cronSchedule"] == "0 3 * * *"

@@ -1,4 +1,5 @@
-"""The Dagster UI in a browser: headless Chromium (Debian's `chromium`, driven by Playwright) on `dagster dev`.
+"""`dagster dev` on the demo's run (conftest's `demo_run`), through GraphQL and in a browser: headless Chromium
+(Debian's `chromium`, driven by Playwright). The server lives as long as this module's tests, not the session's.
 
 Set RAFT_UPDATE_SCREENSHOTS=1 to write the lineage graph to docs/images/lineage.png for the README.
 """
@@ -15,16 +16,42 @@ from playwright.sync_api import Page, expect
 from raft_assets.contracts.recipes import load_recipes
 from raft_assets.definitions import defs
 from raft_assets_tests.browser import NEEDS_CHROMIUM, TIMEOUT_MS, chromium_page
-from raft_assets_tests.conftest import REPO, SOURCES
-from raft_assets_tests.dagster_dev import DagsterDev
+from raft_assets_tests.conftest import REPO, SOURCES, DemoRun
+from raft_assets_tests.dagster_dev import DagsterDev, dagster_dev
 
 # The UI's "Join the Dagster community" dialog stays away once dismissed in the browser's local storage.
 DISMISS_COMMUNITY_DIALOG = "window.localStorage.setItem('communityNux', JSON.stringify('1'))"
 SCREENSHOT = REPO / "docs" / "images" / "lineage.png"
-pytestmark = [NEEDS_CHROMIUM, pytest.mark.browser, pytest.mark.dagster_dev]
+pytestmark = pytest.mark.dagster_dev
 
+ASSET_NODES = "{ assetNodes { assetKey { path } groupName isPartitioned } }"
+INSTIGATORS = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+    sensors { name sensorState { status } } schedules { name cronSchedule scheduleState { status } } } } } }"""
 DOCUMENTS_PARTITIONS = """{ assetNodes(assetKeys: [{path: ["documents"]}]) {
   assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions } } } }"""
+
+
+@pytest.fixture(scope="module")
+def dagster_dev_server(demo_run: DemoRun):
+    """One `dagster dev` on the demo's DAGSTER_HOME: the whole graph materialized, for both sample sources and both
+    shipped recipes."""
+    with dagster_dev(demo_run.env) as server:
+        yield server
+
+
+def test_dagster_dev_serves_the_asset_graph(dagster_dev_server: DagsterDev):
+    response = dagster_dev_server.graphql(ASSET_NODES)
+    nodes = {tuple(node["assetKey"]["path"]): node for node in response["assetNodes"]}
+    assert set(nodes) >= {("documents",), ("chunks",)}
+    assert nodes[("documents",)]["isPartitioned"] and nodes[("chunks",)]["groupName"] == "ingestion"
+
+    [repository] = dagster_dev_server.graphql(INSTIGATORS)["repositoriesOrError"]["nodes"]
+    sensors = {sensor["name"]: sensor["sensorState"]["status"] for sensor in repository["sensors"]}
+    names = ("doc_sources_sensor", "recipes_sensor", "local_folders_sensor", "automation_sensor")
+    assert sensors == {name: "RUNNING" for name in names}
+    schedules = {schedule["name"]: schedule for schedule in repository["schedules"]}
+    assert schedules["crawl_schedule"]["scheduleState"]["status"] == "RUNNING"
+    assert schedules["crawl_schedule"]["cronSchedule"] == "0 3 * * *"
 
 
 @pytest.fixture
@@ -33,8 +60,10 @@ def page():
         yield page
 
 
+@NEEDS_CHROMIUM
+@pytest.mark.browser
 def test_ui_shows_the_asset_graph_the_partitions_and_the_plots(dagster_dev_server: DagsterDev, tmp_path, page: Page):
-    """On the `dagster dev` of conftest.py, over the demo's run: both sample sources, both shipped recipes."""
+    """Over the demo's run: both sample sources, both shipped recipes."""
     asset_names = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     server = dagster_dev_server
     [node] = server.graphql(DOCUMENTS_PARTITIONS)["assetNodes"]
