@@ -24,6 +24,7 @@ LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $pa
 RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run {
     status startTime endTime stepStats { stepKey status startTime endTime } } } }"""
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+GPU_POOL = "gpu"
 
 
 def launch(server: DagsterDev, repository: dict, configs: dict[str, dict]) -> str:
@@ -87,7 +88,7 @@ def wait_until(ready: Callable[[], bool], what: str, timeout: float = 300) -> No
 
 def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_path):
     """The evaluation run's GPU step waits on the judge (its test server holds every request) until the training
-    run is in progress too: then the pool, not the run queue, is what keeps the two GPU steps apart.
+    run's GPU step waits for the pool: then the pool, not the run queue, is what keeps the two GPU steps apart.
 
     The training run begins with raft_dataset, outside the pool. Dagster's run queue holds back a run whose first
     steps all wait for a full pool (`block_op_concurrency_limited_runs`, on with `concurrency.pools`): a run of
@@ -142,6 +143,15 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
             )
             wait_until(lambda: (stats := judge_server.stats).requests > stats.model_listings, "asked the judge")
             wait_until(lambda: status(server, training) in {"STARTED", *FINISHED}, "started the training run")
+            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+                storage = instance.event_log_storage
+                wait_until(
+                    lambda: (
+                        (pool := storage.get_concurrency_info(GPU_POOL)).active_run_ids == {evaluation}
+                        and training in pool.pending_run_ids
+                    ),
+                    "the training step waiting for the pool that the evaluation's step holds",
+                )
             judge_server.release()
             runs = wait_for(server, [training, evaluation])
 
