@@ -65,10 +65,6 @@ def stop_sensors(server: DagsterDev, timeout: float = 120) -> dict:
     return repository
 
 
-def status(server: DagsterDev, run_id: str) -> str:
-    return server.graphql(RUN, {"id": run_id})["runOrError"]["status"]
-
-
 def wait_for(server: DagsterDev, run_ids: list[str], timeout: float = 600) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,40 +106,37 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
         )
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             instance.add_dynamic_partitions(recipes.name, [DEFAULT_RECIPE])
-
-        with dagster_dev(env) as server:
-            repository = stop_sensors(server)  # only the two runs below: no automation reacting to them
-            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:  # raft_dataset reads every source
-                instance.add_dynamic_partitions(doc_sources.name, SOURCES)  # (the sensors would have removed them)
-            evaluation = launch(
-                server,
-                repository,
-                {
-                    "eval_report": {
-                        "models": ["base"],
-                        "top_k": [3],
-                        "without_context": False,
-                        "max_new_tokens": 8,
-                        "max_questions": 2,
-                    }
-                },
-            )
-            training = launch(
-                server,
-                repository,
-                {
-                    "raft_dataset": {},
-                    "fsdp_checkpoint": {
-                        "max_steps": 1,
-                        "save_every_steps": 1,
-                        "context_length": 2048,
-                        **QUICK_VALIDATION,
+            with dagster_dev(env) as server:
+                repository = stop_sensors(server)  # only the two runs below: no automation reacting to them
+                # raft_dataset reads every source (the sensors would have removed them)
+                instance.add_dynamic_partitions(doc_sources.name, SOURCES)
+                evaluation = launch(
+                    server,
+                    repository,
+                    {
+                        "eval_report": {
+                            "models": ["base"],
+                            "top_k": [3],
+                            "without_context": False,
+                            "max_new_tokens": 8,
+                            "max_questions": 2,
+                        }
                     },
-                },
-            )
-            wait_until(lambda: (stats := judge_server.stats).requests > stats.model_listings, "asked the judge")
-            wait_until(lambda: status(server, training) in {"STARTED", *FINISHED}, "started the training run")
-            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+                )
+                training = launch(
+                    server,
+                    repository,
+                    {
+                        "raft_dataset": {},
+                        "fsdp_checkpoint": {
+                            "max_steps": 1,
+                            "save_every_steps": 1,
+                            "context_length": 2048,
+                            **QUICK_VALIDATION,
+                        },
+                    },
+                )
+                wait_until(lambda: (stats := judge_server.stats).requests > stats.model_listings, "asked the judge")
                 storage = instance.event_log_storage
                 wait_until(
                     lambda: (
@@ -152,8 +145,8 @@ def test_two_gpu_assets_submitted_together_never_overlap(sample_pipeline, tmp_pa
                     ),
                     "the training step waiting for the pool that the evaluation's step holds",
                 )
-            judge_server.release()
-            runs = wait_for(server, [training, evaluation])
+                judge_server.release()
+                runs = wait_for(server, [training, evaluation])
 
     assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
     train_step = next(step for step in runs[0]["stepStats"] if step["stepKey"] == "fsdp_checkpoint")
