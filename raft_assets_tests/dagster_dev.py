@@ -38,42 +38,58 @@ def dev_env(tmp_path: Path, sources: Path | None = None, **extra: str) -> dict[s
     return env
 
 
+class GraphQLServerError(AssertionError):
+    """A GraphQL resolver raised: the webserver answered 500 with the error's message."""
+
+
 @dataclass(frozen=True)
 class DagsterDev:
-    """A running `dagster dev`: its UI address and a GraphQL client."""
+    """A running `dagster dev`: its UI address, a GraphQL client, and the file its output goes to."""
 
     url: str
+    log: Path
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        if response.status_code >= 500:
+            raise GraphQLServerError(f"{response.status_code}: {response.text[:3000]}")
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body["errors"]
         return body["data"]
 
+    def output(self) -> str:
+        """The end of what `dagster dev` (webserver, daemon, code server) printed."""
+        return self.log.read_text(errors="replace")[-6000:]
+
 
 @contextmanager
 def dagster_dev(env: dict[str, str], startup_timeout: float = 180) -> Iterator[DagsterDev]:
-    """Start `dagster dev` in the repository with `env` (its DAGSTER_HOME, RAFT_* variables); stop it after."""
+    """Start `dagster dev` in the repository with `env` (its DAGSTER_HOME, RAFT_* variables), its output to
+    `dagster_dev.log` beside DAGSTER_HOME; stop it after."""
     port = free_port()
-    process = subprocess.Popen(
-        [DAGSTER, "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    server = DagsterDev(f"http://127.0.0.1:{port}")
+    log = Path(env["DAGSTER_HOME"]).parent / "dagster_dev.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [DAGSTER, "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = DagsterDev(f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
-            assert process.poll() is None, "dagster dev exited"
-            assert time.monotonic() < deadline, f"dagster dev did not serve within {startup_timeout} s"
+            assert process.poll() is None, "dagster dev exited:\n" + server.output()
+            assert time.monotonic() < deadline, (
+                f"dagster dev did not serve within {startup_timeout} s:\n{server.output()}"
+            )
             try:
                 server.graphql("{ assetNodes { id } }")
                 break
-            except requests.RequestException:
+            except (requests.RequestException, GraphQLServerError):  # not listening yet, or the code not loaded
                 time.sleep(1)
         yield server
     finally:
