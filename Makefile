@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto
 
 # The suite without the tests marked `slow` (torchrun, dagster dev, the browser, whole-graph and resume runs, and
-# the other tests over about 10 s): under 2 minutes on 2 cores, for the edit-test loop.
+# the other tests over about 10 s): for the edit-test loop, 83 to 144 s on 2 cores (README, Development).
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -n auto -m "not slow"
 
