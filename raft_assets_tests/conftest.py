@@ -283,6 +283,11 @@ SMALLER_DEMO = {
 # One training process where two would only cost time: each imports torch and transformers (about 6 CPU-s). The
 # end-to-end and resume runs, test_training_assets and test_train_script train with two.
 ONE_TRAINING_PROCESS = {"trainer": {"config": {"nproc_per_node": 1}}}
+# eval_report's local models answer one prompt at a time in the whole-graph runs. With one thread per process (above),
+# a left-padded batch of 8 prompts of 1,000-2,000 tokens costs about twice the CPU of the same prompts one by one at 8
+# new tokens: its padding mask takes the masked attention kernel instead of the causal one, and is converted in every
+# layer. The demo's run took 96 CPU-s instead of 110 (2026-12-03). Batches are tested in test_answering.py.
+ONE_PROMPT_PER_BATCH = {"batch_size": 1}
 
 
 @dataclass(frozen=True)
@@ -295,8 +300,8 @@ class DemoRun:
 
 
 def smaller_demo_config(folder: Path) -> Path:
-    """The demo's run config, which must validate against the asset job as it is, with the SMALLER_DEMO numbers and
-    one training process."""
+    """The demo's run config, which must validate against the asset job as it is, with the SMALLER_DEMO numbers, one
+    training process and one prompt per batch."""
     from raft_assets.definitions import defs
 
     config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
@@ -305,6 +310,7 @@ def smaller_demo_config(folder: Path) -> Path:
         settings = config["ops"][asset]["config"]
         assert numbers.keys() <= settings.keys(), f"the demo config no longer sets {asset}'s {list(numbers)}"
         settings.update(numbers)
+    config["ops"]["eval_report"]["config"].update(ONE_PROMPT_PER_BATCH)
     config["resources"] = {**config.get("resources", {}), **ONE_TRAINING_PROCESS}
     path = folder / "demo_run_config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.dagster_dev, pytest.mark.torchrun]
 
 REPOSITORY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
     name location { name } sensors { id name sensorState { status ticks(limit: 1) { status } } } } } } }"""
-STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename } }"
+STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename ... on PythonError { message } } }"
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
     __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
 RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run {

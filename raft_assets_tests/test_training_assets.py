@@ -1,9 +1,10 @@
 """`fsdp_checkpoint` (real torchrun, 2 processes, gloo) and `hf_checkpoint`, materialized by Dagster.
 
-A full fine-tune (under umask 022) and a LoRA one (under umask 027) are trained once each and exported; the
-tests read what they wrote. The export's check `matches_training` passes on both, and fails on a copy of the
-full run whose shards had two decoder layers swapped, and on one without its probe record. An export is written
-once per checkpoint: materialized again, it is kept; with its weights overwritten, it is written again.
+A full fine-tune (under umask 022) and a LoRA one (under umask 027, which trains and saves only the adapter) are
+trained once each and exported; the tests read what they wrote. The export's check `matches_training` passes on
+both, and fails on a copy of the full run whose shards had two decoder layers swapped, and on one without its probe
+record. An export is written once per checkpoint: materialized again, it is kept; with its weights overwritten, it is
+written again.
 """
 
 import shutil
@@ -24,9 +25,10 @@ from raft_assets.defs.partitions import recipes
 from raft_assets.defs.resources import ProjectPaths
 from raft_assets.defs.training.assets import fsdp_checkpoint, hf_checkpoint
 from raft_assets.training.base_model import read_pointer
-from raft_assets.training.checkpoint import PROBE_FILE, latest_checkpoint
+from raft_assets.training.checkpoint import PROBE_FILE, latest_checkpoint, read_metrics, saved_model_keys
 from raft_assets_tests.conftest import QUICK_VALIDATION, run_assets
 from raft_assets_tests.test_file_modes import expected_modes, modes, umask
+from raft_assets_tests.test_train_script import load_final
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,21 @@ def test_lora_weights_are_merged_into_the_export(lora_tune, sample_pipeline):
     # the merged weights compute what the trained base-plus-adapter model did
     assert lora_tune.check.passed, lora_tune.check.description
     assert exported["max_logprob_diff_vs_training"] < 1e-4
+
+
+def test_lora_trains_and_saves_only_the_adapter(lora_tune, sample_pipeline):
+    project, _, _ = sample_pipeline
+    run_dir = Path(lora_tune.trained["path"])
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2]
+    keys = saved_model_keys(latest_checkpoint(run_dir))
+    assert keys and all(".lora_A." in key or ".lora_B." in key for key in keys)  # the frozen base is not saved
+    assert len(keys) == 4 * 4 * 2  # 4 layers x q, k, v, o x A, B
+
+    weights = load_final(run_dir)
+    base = AutoModelForCausalLM.from_pretrained(read_pointer(project.layout).path).state_dict()
+    assert all(weights[name].abs().sum() > 0 for name in keys if ".lora_B." in name)  # zero at first, trained since
+    frozen = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    assert torch.equal(weights[frozen], base["model.layers.0.self_attn.q_proj.weight"])
 
 
 def test_the_run_and_its_export_are_not_readable_by_others_under_umask_027(lora_tune):

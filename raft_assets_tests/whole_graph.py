@@ -22,7 +22,7 @@ import dagster as dg
 import yaml
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
-from raft_assets_tests.conftest import QUICK_VALIDATION, REPO, run_cli, write_sources
+from raft_assets_tests.conftest import ONE_PROMPT_PER_BATCH, QUICK_VALIDATION, REPO, run_cli, write_sources
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder
 
@@ -34,7 +34,9 @@ RUN_CONFIG = {
         "fsdp_checkpoint": {
             "config": {"max_steps": STEPS, "save_every_steps": 2, "context_length": 2048, **QUICK_VALIDATION}
         },
-        "eval_report": {"config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True}},
+        "eval_report": {
+            "config": {"top_k": [3], "max_new_tokens": 8, "reference_endpoint": True, **ONE_PROMPT_PER_BATCH}
+        },
     }
 }
 # Faults the client retries: they cost attempts, not rows, and change no file (content faults, which are new
