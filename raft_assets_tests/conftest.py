@@ -37,14 +37,17 @@ UNITS = {
     # the fixture demo_run, which test_ui.py's `dagster dev` serves
     "test_cli.py::test_the_demo_run_materializes_the_whole_graph_into_the_dagster_home": "demo",
     "test_ui.py": "demo",
-    # the fixture end_to_end_run: the uninterrupted run, then the run killed and resumed, compared with it
+    # the fixture whole_graph: the uninterrupted run, and the run killed and resumed, compared with it
     "test_end_to_end.py": "end_to_end",
     "test_resume_everywhere.py": "end_to_end",
 }
+# Modules that go first in their unit: the killed and resumed run starts at once, while whole_graph's uninterrupted run
+# and new recipes, started in the background by the first test that asks, go on meanwhile.
+FIRST_IN_UNIT = ("test_resume_everywhere.py",)
 # The longest units, longest first, with about how long each takes on 2 busy cores. xdist hands them out before
 # the others, so that no two of them end up one after the other at the end while the other workers are idle.
 LONGEST_FIRST = (
-    "end_to_end",  # 300 s: the whole graph, two more recipes on it, then a run killed three times and resumed
+    "end_to_end",  # 310 s: a run killed three times and resumed, meanwhile the whole graph and two recipes on it
     "sample_pipeline",  # 200 s: the sample pipeline; training, export, eval report and the GPU pool on it
     "test_adaptive_concurrency.py",  # 100 s: 1,024 slots kept busy for about a minute
     "test_train_script.py",  # 60 s
@@ -107,14 +110,15 @@ def work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test of a tier is also `slow`; the longest units of work first (the rest in their order)."""
+    """Each test of a tier is also `slow`; the longest units of work first (the rest in their order), and in a unit
+    the modules of FIRST_IN_UNIT first."""
     for item in items:
         for tier in MODULE_TIERS.get(item.path.name, []):
             item.add_marker(tier)
         if any(item.get_closest_marker(tier) for tier in TIERS) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
     rank = {unit: position for position, unit in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
+    items.sort(key=lambda item: (rank.get(work_unit(item.nodeid), len(rank)), item.path.name not in FIRST_IN_UNIT))
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own
@@ -353,10 +357,17 @@ def site():
 
 
 @pytest.fixture(scope="session")
-def end_to_end_run(site, tmp_path_factory):
-    """The suite's one uninterrupted whole-graph run with endpoints (`whole_graph.run_end_to_end`): what
-    test_end_to_end checks and what test_resume_everywhere compares its killed and resumed run with (one unit of
-    work for xdist)."""
-    from raft_assets_tests.whole_graph import run_end_to_end
+def whole_graph(site, tmp_path_factory, request):
+    """The suite's one uninterrupted whole-graph run with endpoints (`whole_graph.WholeGraph`), started in the
+    background, then the new recipes on it when a collected test asks for them: what test_end_to_end checks and what
+    test_resume_everywhere compares its killed and resumed run with (one unit of work for xdist)."""
+    from raft_assets_tests.whole_graph import WholeGraph
 
-    return run_end_to_end(tmp_path_factory.mktemp("end_to_end"), site)
+    new_recipes = any("more_recipes" in item.fixturenames for item in request.session.items)
+    with WholeGraph(tmp_path_factory.mktemp("end_to_end"), site, new_recipes=new_recipes) as runs:
+        yield runs
+
+
+@pytest.fixture(scope="session")
+def end_to_end_run(whole_graph):
+    return whole_graph.reference()

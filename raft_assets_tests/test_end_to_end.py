@@ -11,12 +11,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 from raft_assets.evaluation.metrics import extract_answer
-from raft_assets_tests.conftest import ONE_TRAINING_PROCESS, SOURCES, run_cli
-from raft_assets_tests.openai_server import OpenAITestServer
-from raft_assets_tests.whole_graph import PAGES, RUN_CONFIG, SITE, EndToEndRun, endpoint_env, generator, judge
+from raft_assets_tests.conftest import SOURCES
+from raft_assets_tests.whole_graph import (
+    DISAGREEING,
+    NEW_RECIPES,
+    PAGES,
+    PLANTED,
+    SITE,
+    EndToEndRun,
+    NewRecipes,
+    WholeGraph,
+)
 
 pytestmark = [pytest.mark.end_to_end, pytest.mark.torchrun]
 
@@ -115,7 +122,7 @@ def test_no_eval_question_comes_from_a_training_document(pipeline):
     assert {item["id"] for item in items} <= set(curated.filter(pl.col("verdict") == "keep")["question_id"])
 
 
-def test_the_report_covers_every_configured_system(pipeline):
+def test_the_report_covers_every_configured_system(pipeline, end_to_end_run: EndToEndRun):
     root, _, _, servers = pipeline
     data = root / "generated"
     report = json.loads((data / "reports" / "eval_report.json").read_text())
@@ -131,84 +138,29 @@ def test_the_report_covers_every_configured_system(pipeline):
         for rows in report["answers"].values()
         for row in rows
     }
-    experiment = json.loads((data / "reports" / "experiment_report.json").read_text())
-    asked_again = experiment["judge"]["self_consistency"]["n"]
+    asked_again = end_to_end_run.experiment_report["judge"]["self_consistency"]["n"]
     assert 0 < asked_again <= 20
     assert len(servers["judge"].stats.completed_fingerprints) == len(triples) + asked_again
 
 
-def test_the_keys_appear_nowhere(pipeline):
+def test_the_keys_appear_nowhere(pipeline, more_recipes: NewRecipes):
+    """In the run's folder, once the new recipes' run (in the background, the same keys) has written there too."""
     root, result, keys, _ = pipeline
     written = [path for path in root.rglob("*") if path.is_file()]
     assert any(path.suffix == ".db" for path in written)  # the Dagster event log is among them
     for key in keys.values():
-        assert key not in result.stdout + result.stderr
+        assert key not in result.stdout + result.stderr + more_recipes.result.stdout + more_recipes.result.stderr
         for path in written:
             assert key.encode() not in path.read_bytes(), path
 
 
-# The new recipes train 2 steps in one process (the whole graph's run trains 4 in two, for the resume module's kill
-# at step 2 of 4).
-NEW_RECIPES_CONFIG = {
-    "resources": ONE_TRAINING_PROCESS,
-    "ops": {
-        **RUN_CONFIG["ops"],
-        "fsdp_checkpoint": {
-            "config": {**RUN_CONFIG["ops"]["fsdp_checkpoint"]["config"], "max_steps": 2, "save_every_steps": 2}
-        },
-    },
-}
-NEW_RECIPES = {"oracle_always": {"dataset": {"p": 1.0}}, "lora": {"fine_tune": {"method": "lora", "lr": 1.0e-3}}}
-PLANTED = 6  # people's verdicts planted on the default recipe's judged answers
-DISAGREEING = 2  # of them, the ones that say the opposite of the judge
-
-
 @pytest.fixture(scope="module")
-def more_recipes(end_to_end_run: EndToEndRun):
-    """Two recipes added to the experiments file after the run, then `raft-assets run --recipe` for each alone, with
-    the same endpoints (fresh servers, the same keys), and people's verdicts planted beside the curation file."""
-    space, keys = end_to_end_run.space, end_to_end_run.keys
-    root = space.root
-    experiments = root / "experiments.yaml"  # the file of cli_env's RAFT_EXPERIMENTS
-    experiments.write_text(yaml.safe_dump({"recipes": {"default": {}, **NEW_RECIPES}}), encoding="utf-8")
-    curation = root / "eval_curation.yaml"
-    report = json.loads((root / "generated" / "reports" / "eval_report.json").read_text())
-    judged = [row for row in report["answers"]["finetuned RAG k=3"] if row["judgement"] is not None][:PLANTED]
-    verdicts = [
-        {
-            "question": row["question"],
-            "reference": row["reference"],
-            "answer": row["answer"],
-            "verdict": "correct" if row["judgement"] == (i >= DISAGREEING) else "incorrect",
-            "reviewer": "test",
-            "at": "2026-12-02T00:00:00+00:00",
-            "system": "finetuned RAG k=3",
-        }
-        for i, row in enumerate(judged)
-    ]
-    (root / "eval_curation.verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
-    config = root / "new_recipes_config.yaml"
-    config.write_text(yaml.safe_dump(NEW_RECIPES_CONFIG), encoding="utf-8")
-    servers = {
-        "generator": OpenAITestServer(generator, models=["llama-70b"], api_key=keys["generator"]),
-        "judge": OpenAITestServer(judge, models=["judge"], api_key=keys["judge"]),
-    }
-    with servers["generator"], servers["judge"]:
-        result = run_cli(
-            root,
-            "--config",
-            str(config),
-            *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
-            sources=space.sources,
-            **endpoint_env(servers, keys),
-            RAFT_EVAL_CURATION=str(curation),
-        )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return root, result, servers
+def more_recipes(whole_graph: WholeGraph) -> NewRecipes:
+    return whole_graph.new_recipes()
 
 
 def test_a_new_recipe_sends_no_generator_request_and_runs_only_its_assets(more_recipes):
-    root, result, servers = more_recipes
+    root, result, servers = more_recipes.root, more_recipes.result, more_recipes.servers
     assert servers["generator"].stats.completed == 0  # the shared upstream and the reference's answers: cached
     assert servers["judge"].stats.completed > 0  # the new fine-tuned models' answers are judged
     output = result.stdout
@@ -222,7 +174,7 @@ def test_a_new_recipe_sends_no_generator_request_and_runs_only_its_assets(more_r
 
 
 def test_the_experiment_report_compares_three_recipes_and_calibrates_the_judge(more_recipes):
-    root, _, _ = more_recipes
+    root = more_recipes.root
     report = json.loads((root / "generated" / "reports" / "experiment_report.json").read_text())
     # The eval documents, and so the number of questions, vary with the sitemap site's port, which is in its pages'
     # document ids (the split is a seeded shuffle of them).

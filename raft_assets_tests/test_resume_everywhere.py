@@ -2,9 +2,10 @@
 
 The whole graph runs as a user runs it (the CLI in a subprocess) on the sample sources plus a sitemap source
 served on loopback, with OpenAI-compatible test servers as generator and judge and the tiny base model
-(`whole_graph`). The reference is the suite's uninterrupted run, `end_to_end_run` (the one test_end_to_end checks,
-with the same sources and run config; its servers' faults are retried and change no file). Another workspace is
-killed three times with SIGKILL, each run starting where the last one was killed, and a fourth run completes:
+(`whole_graph`). The reference is the suite's uninterrupted run, `whole_graph.reference()` (the one
+test_end_to_end checks, with the same sources and run config; its servers' faults are retried and change no file),
+which runs in the background meanwhile. Another workspace is killed three times with SIGKILL, each run starting
+where the last one was killed, and a fourth run completes:
 
 1. during `documents` of the sitemap source `site`, while its web server holds one page: `llama_docs`, before it,
    is done (its LLM requests too), `pytorch_docs` not started;
@@ -51,6 +52,7 @@ from raft_assets_tests.whole_graph import (
     PAGES,
     STEPS,
     EndToEndRun,
+    WholeGraph,
     Workspace,
     generator,
     judge,
@@ -180,8 +182,10 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def runs(site, end_to_end_run: EndToEndRun, tmp_path_factory) -> tuple[Interrupted, EndToEndRun]:
-    """The interrupted runs, and the uninterrupted one they are compared with."""
+def runs(site, whole_graph: WholeGraph, tmp_path_factory) -> tuple[Interrupted, EndToEndRun]:
+    """The interrupted runs, and the uninterrupted one they are compared with, which runs meanwhile in the
+    background: they start once it has fetched the sitemap site, so that the site's requests are theirs alone."""
+    whole_graph.wait_until_site_fetched()
     space = workspace(tmp_path_factory.mktemp("interrupted"), site)
     logs = [space.root / f"run{i}.log" for i in range(1, 5)]
     gen = OpenAITestServer(generator, models=["llama-70b"])
@@ -262,7 +266,7 @@ def runs(site, end_to_end_run: EndToEndRun, tmp_path_factory) -> tuple[Interrupt
             fsdp_after_training_kill=fsdp_after_training_kill,
             report_at_kill=report_at_kill,
         )
-        return interrupted, end_to_end_run
+        return interrupted, whole_graph.reference()
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,18 @@ the run config, the generator and the judge behind OpenAI-compatible test server
 one uninterrupted whole-graph run with endpoints (the demo's runs offline): test_end_to_end checks what it wrote,
 and test_resume_everywhere compares a run killed three times with it. Its servers fail requests (429, 5xx, dropped
 connections), which the client retries: the files are those of a run without faults, so the resumed run, on servers
-without faults, must write the same.
+without faults, must write the same. `run_new_recipes` adds two recipes to its experiments file and runs them alone.
+`WholeGraph` runs both in a background thread, so that the killed and resumed run goes on meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +26,14 @@ import dagster as dg
 import yaml
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
-from raft_assets_tests.conftest import ONE_PROMPT_PER_BATCH, QUICK_VALIDATION, REPO, run_cli, write_sources
+from raft_assets_tests.conftest import (
+    ONE_PROMPT_PER_BATCH,
+    ONE_TRAINING_PROCESS,
+    QUICK_VALIDATION,
+    REPO,
+    run_cli,
+    write_sources,
+)
 from raft_assets_tests.openai_server import OpenAITestServer, last_user_message
 from raft_assets_tests.raft_model import raft_responder
 
@@ -217,6 +228,7 @@ class EndToEndRun:
     servers: dict[str, OpenAITestServer]
     generator: Counter[str]
     judge: Counter[str]
+    experiment_report: dict  # as this run wrote it: the new recipes' run writes it again
 
 
 def run_end_to_end(root: Path, site: SiteServer) -> EndToEndRun:
@@ -236,5 +248,126 @@ def run_end_to_end(root: Path, site: SiteServer) -> EndToEndRun:
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     stats = {name: server.stats for name, server in servers.items()}
     return EndToEndRun(
-        space, result, keys, servers, stats["generator"].completed_fingerprints, stats["judge"].completed_fingerprints
+        space,
+        result,
+        keys,
+        servers,
+        stats["generator"].completed_fingerprints,
+        stats["judge"].completed_fingerprints,
+        json.loads((space.data / "reports" / "experiment_report.json").read_text()),
     )
+
+
+# The new recipes train 2 steps in one process (the whole graph's run trains 4 in two, for the resume module's kill
+# at step 2 of 4).
+NEW_RECIPES_CONFIG = {
+    "resources": ONE_TRAINING_PROCESS,
+    "ops": {
+        **RUN_CONFIG["ops"],
+        "fsdp_checkpoint": {
+            "config": {**RUN_CONFIG["ops"]["fsdp_checkpoint"]["config"], "max_steps": 2, "save_every_steps": 2}
+        },
+    },
+}
+NEW_RECIPES = {"oracle_always": {"dataset": {"p": 1.0}}, "lora": {"fine_tune": {"method": "lora", "lr": 1.0e-3}}}
+PLANTED = 6  # people's verdicts planted on the default recipe's judged answers
+DISAGREEING = 2  # of them, the ones that say the opposite of the judge
+
+
+@dataclass(frozen=True)
+class NewRecipes:
+    """The run of the recipes added after the uninterrupted run, in its workspace: its output and its servers."""
+
+    root: Path
+    result: CompletedProcess
+    servers: dict[str, OpenAITestServer]
+
+
+def plant_verdicts(root: Path) -> None:
+    """People's verdicts on the default recipe's first PLANTED judged answers, beside the curation file: the first
+    DISAGREEING say the opposite of the judge."""
+    report = json.loads((root / "generated" / "reports" / "eval_report.json").read_text())
+    judged = [row for row in report["answers"]["finetuned RAG k=3"] if row["judgement"] is not None][:PLANTED]
+    verdicts = [
+        {
+            "question": row["question"],
+            "reference": row["reference"],
+            "answer": row["answer"],
+            "verdict": "correct" if row["judgement"] == (i >= DISAGREEING) else "incorrect",
+            "reviewer": "test",
+            "at": "2026-12-02T00:00:00+00:00",
+            "system": "finetuned RAG k=3",
+        }
+        for i, row in enumerate(judged)
+    ]
+    (root / "eval_curation.verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+
+
+def run_new_recipes(reference: EndToEndRun) -> NewRecipes:
+    """Two recipes added to the experiments file after the run, then `raft-assets run --recipe` for each alone, with
+    the same endpoints (fresh servers, the same keys), and people's verdicts planted beside the curation file."""
+    space, keys = reference.space, reference.keys
+    root = space.root
+    experiments = root / "experiments.yaml"  # the file of cli_env's RAFT_EXPERIMENTS
+    experiments.write_text(yaml.safe_dump({"recipes": {"default": {}, **NEW_RECIPES}}), encoding="utf-8")
+    plant_verdicts(root)
+    config = root / "new_recipes_config.yaml"
+    config.write_text(yaml.safe_dump(NEW_RECIPES_CONFIG), encoding="utf-8")
+    servers = {
+        "generator": OpenAITestServer(generator, models=["llama-70b"], api_key=keys["generator"]),
+        "judge": OpenAITestServer(judge, models=["judge"], api_key=keys["judge"]),
+    }
+    with servers["generator"], servers["judge"]:
+        result = run_cli(
+            root,
+            "--config",
+            str(config),
+            *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
+            sources=space.sources,
+            **endpoint_env(servers, keys),
+            RAFT_EVAL_CURATION=str(root / "eval_curation.yaml"),
+        )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return NewRecipes(root, result, servers)
+
+
+class WholeGraph:
+    """The uninterrupted run, then (when a test asks for them) the new recipes on it, in a thread of their own from
+    the start: test_resume_everywhere's run, killed and resumed in another workspace, goes on meanwhile, and is
+    compared with it at the end. One after the other they took 369 s of a 508 s suite on one xdist worker; side by
+    side, 311 s of a 542 s suite (a slower hour: 922 CPU-s against 873), and 145 s alone on 2 cores.
+
+    The killed run's first kill counts the sitemap site's requests: it starts once this run has fetched the site
+    (`site_fetched`), after which this run fetches nothing more."""
+
+    def __init__(self, root: Path, site: SiteServer, *, new_recipes: bool) -> None:
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whole-graph")
+        self._root = root
+        self._reference = self._threads.submit(run_end_to_end, root, site)
+        self._new_recipes: Future[NewRecipes] | None = None
+        if new_recipes:
+            self._new_recipes = self._threads.submit(lambda: run_new_recipes(self._reference.result()))
+
+    def reference(self) -> EndToEndRun:
+        return self._reference.result()
+
+    def new_recipes(self) -> NewRecipes:
+        assert self._new_recipes is not None, "no collected test asked for the new recipes when the run started"
+        return self._new_recipes.result()
+
+    def wait_until_site_fetched(self, timeout: float = 600) -> None:
+        """Until the run has written the sitemap source's documents (or ended: then its error, if it failed)."""
+        documents = self._root / "generated" / "documents" / f"{SITE}.parquet"
+        deadline = time.monotonic() + timeout
+        while not documents.exists():
+            if self._reference.done():
+                self.reference()
+                return
+            assert time.monotonic() < deadline, "the uninterrupted run never fetched the sitemap source"
+            time.sleep(0.2)
+
+    def __enter__(self) -> WholeGraph:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._threads.shutdown(wait=True)
