@@ -26,6 +26,7 @@ import dagster as dg
 import yaml
 
 from raft_assets.contracts.recipes import DEFAULT_RECIPE
+from raft_assets.evaluation.calibration import verdicts_file
 from raft_assets_tests.conftest import (
     ONE_PROMPT_PER_BATCH,
     ONE_TRAINING_PROCESS,
@@ -231,9 +232,8 @@ class EndToEndRun:
     experiment_report: dict  # as this run wrote it: the new recipes' run writes it again
 
 
-def run_end_to_end(root: Path, site: SiteServer) -> EndToEndRun:
+def run_end_to_end(space: Workspace) -> EndToEndRun:
     """The whole graph from a fresh DAGSTER_HOME with `raft-assets run`, on servers with faults and keys."""
-    space = workspace(root, site)
     keys = {"generator": f"gen-{uuid.uuid4().hex}", "judge": f"judge-{uuid.uuid4().hex}"}
     servers = {
         "generator": OpenAITestServer(
@@ -244,7 +244,7 @@ def run_end_to_end(root: Path, site: SiteServer) -> EndToEndRun:
         ),
     }
     with servers["generator"], servers["judge"]:
-        result = run_cli(root, *space.args(), sources=space.sources, **endpoint_env(servers, keys))
+        result = run_cli(space.root, *space.args(), sources=space.sources, **endpoint_env(servers, keys))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     stats = {name: server.stats for name, server in servers.items()}
     return EndToEndRun(
@@ -283,10 +283,10 @@ class NewRecipes:
     servers: dict[str, OpenAITestServer]
 
 
-def plant_verdicts(root: Path) -> None:
+def plant_verdicts(space: Workspace, curation_file: Path) -> None:
     """People's verdicts on the default recipe's first PLANTED judged answers, beside the curation file: the first
     DISAGREEING say the opposite of the judge."""
-    report = json.loads((root / "generated" / "reports" / "eval_report.json").read_text())
+    report = json.loads((space.data / "reports" / "eval_report.json").read_text())
     judged = [row for row in report["answers"]["finetuned RAG k=3"] if row["judgement"] is not None][:PLANTED]
     verdicts = [
         {
@@ -300,7 +300,7 @@ def plant_verdicts(root: Path) -> None:
         }
         for i, row in enumerate(judged)
     ]
-    (root / "eval_curation.verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    verdicts_file(curation_file).write_text("".join(json.dumps(v) + "\n" for v in verdicts))
 
 
 def run_new_recipes(reference: EndToEndRun) -> NewRecipes:
@@ -310,7 +310,8 @@ def run_new_recipes(reference: EndToEndRun) -> NewRecipes:
     root = space.root
     experiments = root / "experiments.yaml"  # the file of cli_env's RAFT_EXPERIMENTS
     experiments.write_text(yaml.safe_dump({"recipes": {"default": {}, **NEW_RECIPES}}), encoding="utf-8")
-    plant_verdicts(root)
+    curation = root / "eval_curation.yaml"
+    plant_verdicts(space, curation)
     config = root / "new_recipes_config.yaml"
     config.write_text(yaml.safe_dump(NEW_RECIPES_CONFIG), encoding="utf-8")
     servers = {
@@ -325,7 +326,7 @@ def run_new_recipes(reference: EndToEndRun) -> NewRecipes:
             *(argument for recipe in NEW_RECIPES for argument in ("--recipe", recipe)),
             sources=space.sources,
             **endpoint_env(servers, keys),
-            RAFT_EVAL_CURATION=str(root / "eval_curation.yaml"),
+            RAFT_EVAL_CURATION=str(curation),
         )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return NewRecipes(root, result, servers)
@@ -338,12 +339,12 @@ class WholeGraph:
     side, 311 s of a 542 s suite (a slower hour: 922 CPU-s against 873), and 145 s alone on 2 cores.
 
     The killed run's first kill counts the sitemap site's requests: it starts once this run has fetched the site
-    (`site_fetched`), after which this run fetches nothing more."""
+    (`wait_until_site_fetched`), after which this run fetches nothing more."""
 
     def __init__(self, root: Path, site: SiteServer, *, new_recipes: bool) -> None:
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whole-graph")
-        self._root = root
-        self._reference = self._threads.submit(run_end_to_end, root, site)
+        self._space = workspace(root, site)
+        self._reference = self._threads.submit(run_end_to_end, self._space)
         self._new_recipes: Future[NewRecipes] | None = None
         if new_recipes:
             self._new_recipes = self._threads.submit(lambda: run_new_recipes(self._reference.result()))
@@ -357,7 +358,7 @@ class WholeGraph:
 
     def wait_until_site_fetched(self, timeout: float = 600) -> None:
         """Until the run has written the sitemap source's documents (or ended: then its error, if it failed)."""
-        documents = self._root / "generated" / "documents" / f"{SITE}.parquet"
+        documents = self._space.data / "documents" / f"{SITE}.parquet"
         deadline = time.monotonic() + timeout
         while not documents.exists():
             if self._reference.done():
