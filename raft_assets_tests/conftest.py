@@ -66,8 +66,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 # One embedding cache for the whole suite, its workers and the processes they start: the sample corpus, the eval
 # questions and the curated questions are embedded once, by whichever test asks first, instead of in every run of
-# the graph (about 100 CPU-s on 2 cores). The fixtures that build the same project anew use it (`cli_env`,
-# `sample_pipeline`); `project` keeps its own, in its data folder, for the tests that count what is embedded.
+# the graph (about 100 CPU-s on 2 cores). Every project of the suite uses it (`cli_env`, `sample_pipeline`,
+# `project`), except test_retrieval's, which count what is embedded and keep their own in their data folder.
 EMBEDDING_CACHE_VARIABLE = "RAFT_EMBEDDING_CACHE"
 EMBEDDING_CACHE_FOLDER = pytest.StashKey[str]()
 
@@ -172,13 +172,14 @@ def write_sources(path: Path, sources: list[dict]) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> ProjectPaths:
     """Paths under tmp_path; the sources file is empty until a test writes it with `write_sources`, and the
-    experiments file absent (only the `default` recipe) until a test writes it."""
+    experiments file absent (only the `default` recipe) until a test writes it; the suite's embedding cache."""
     sources_file = write_sources(tmp_path / "sources.yaml", [])
     return ProjectPaths(
         sources_file=str(sources_file),
         experiments_file=str(tmp_path / "experiments.yaml"),
         data_dir=str(tmp_path / "generated"),
         checkpoint_dir=str(tmp_path / "checkpoints"),
+        embedding_cache=suite_embedding_cache(),
     )
 
 

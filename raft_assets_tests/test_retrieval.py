@@ -229,6 +229,12 @@ def test_nearest_other_documents_match_brute_force(margin: int):
 # -- the asset -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def project(project: ProjectPaths) -> ProjectPaths:
+    """The suite's project with the embedding cache of its own data folder: these tests count what is embedded."""
+    return ProjectPaths(**{**project.model_dump(), "embedding_cache": None})
+
+
 def write_chunks(project: ProjectPaths, source: str, texts: dict[str, list[str]]) -> None:
     rows = [
         (content_hash(text), f"{source}-{doc}", source, position, text, [f"{source}-{doc}"])
