@@ -48,23 +48,22 @@ TARGET_S = 360.0
 WHOLE_SUITE = ["-n", "auto"]  # as `make test` runs it
 CPU_BOUND = 0.9  # busy share of the cores from which the wall time is the CPU time over the cores
 TICKS = os.sysconf("SC_CLK_TCK")
-# (kind, a part of the command line), the first match wins
+# (kind, parts of the command line): the first kind with a part in a process's command line is its kind
 KINDS = [
-    ("torchrun launcher", "torch.distributed.run"),
-    ("training worker", "raft_assets.training.train"),
-    ("xdist worker (or a process forked from one)", "exec(eval(sys.stdin"),
-    ("raft-assets run", "raft-assets run"),
-    ("raft-assets chat / serve / review", "bin/raft-assets"),
-    ("dagster definitions validate", "definitions validate"),
-    ("dagster dev", "bin/dagster dev"),
-    ("dagster webserver", "dagster_webserver"),
-    ("dagster daemon", "dagster._daemon"),
-    ("dagster code server", "code-server"),
-    ("dagster run worker (api execute_run)", "-m dagster api"),
-    ("dagster step processes and forkserver", "multiprocessing"),
-    ("Chromium and Playwright", "chrom"),
-    ("Chromium and Playwright", "playwright"),
-    ("pytest (controller)", "-m pytest"),
+    ("torchrun launcher", ("torch.distributed.run",)),
+    ("training worker", ("raft_assets.training.train",)),
+    ("xdist worker (or a process forked from one)", ("exec(eval(sys.stdin",)),
+    ("raft-assets run", ("raft-assets run",)),
+    ("raft-assets chat / serve / review", ("bin/raft-assets",)),
+    ("dagster definitions validate", ("definitions validate",)),
+    ("dagster dev", ("bin/dagster dev",)),
+    ("dagster webserver", ("dagster_webserver",)),
+    ("dagster daemon", ("dagster._daemon",)),
+    ("dagster code server", ("code-server",)),
+    ("dagster run worker (api execute_run)", ("-m dagster api",)),
+    ("dagster step processes and forkserver", ("multiprocessing",)),
+    ("Chromium and Playwright", ("chrom", "playwright")),
+    ("pytest (controller)", ("-m pytest",)),
 ]
 
 
@@ -76,7 +75,7 @@ class Process:
 
     @property
     def kind(self) -> str:
-        return next((kind for kind, part in KINDS if part in self.command), "other")
+        return next((kind for kind, parts in KINDS if any(part in self.command for part in parts)), "other")
 
     @property
     def module(self) -> str:
@@ -122,6 +121,7 @@ class Sampler:
 
 
 def started_by(pid: int) -> str:
+    """The test that started `pid`: the PYTEST_CURRENT_TEST it inherited, without its phase."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
