@@ -30,11 +30,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from results import machine_description, publish  # noqa: E402  (benchmarks/ is on sys.path)
+from results import machine_description, publish, run_logged  # noqa: E402  (benchmarks/ is on sys.path)
 
 TARGET_S = 360.0
 WHOLE_SUITE = ["-n", "auto"]  # as `make test` runs it
@@ -146,13 +144,10 @@ class FixedCost:
 
 
 def measure(what: str, command: list[str], log: Path, env: dict[str, str] | None = None) -> FixedCost:
-    started = time.perf_counter()
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    run = run_logged(command, REPO, log, env)
+    if run.status != 0:
         sys.exit(f"{what} failed:\n{log.read_text(errors='replace')[-5000:]}")
-    return FixedCost(what, usage.ru_utime + usage.ru_stime, time.perf_counter() - started)
+    return FixedCost(what, run.cpu_s, run.wall_s)
 
 
 def training_config(folder: Path, processes: int) -> Path:
@@ -221,20 +216,13 @@ def run_suite(arguments: list[str], log: Path, interval: float) -> SuiteRun:
     sampler = Sampler(before={int(name) for name in os.listdir("/proc") if name.isdigit()})
     stop = threading.Event()
     thread = threading.Thread(target=sampler.run, args=(stop, interval), daemon=True)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments]
-    started = time.perf_counter()
     thread.start()
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall_s = time.perf_counter() - started
+    run = run_logged([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *arguments], REPO, log)
     stop.set()
     thread.join()
     lines = log.read_text(errors="replace").strip().splitlines()
     summary = lines[-1] if lines else "(no output)"
-    return SuiteRun(
-        arguments, wall_s, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status), summary, sampler
-    )
+    return SuiteRun(arguments, run.wall_s, run.cpu_s, run.status, summary, sampler)
 
 
 def by(processes: list[Process], key: str) -> list[tuple[str, list[float]]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -93,19 +94,37 @@ class ChildRun:
     result: dict[str, Any]  # what the child wrote to its result file
 
 
+@dataclass(frozen=True)
+class Waited:
+    """A child process run to its end: its exit status, wall time and wait4's rusage (the child and every process
+    it waited for)."""
+
+    status: int
+    wall_s: float
+    usage: resource.struct_rusage
+
+    @property
+    def cpu_s(self) -> float:
+        return self.usage.ru_utime + self.usage.ru_stime
+
+
+def run_logged(command: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None) -> Waited:
+    """Run `command` to its end with its output in `log_file`."""
+    started = time.perf_counter()
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    return Waited(os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage)
+
+
 def run_child(command: list[str], cwd: Path, result_file: Path, log_file: Path, echo_log: bool = False) -> ChildRun:
     """Run `command` (a fresh interpreter) with its output in `log_file`; wall time and rusage come from wait4.
 
     Exits with the end of the log when the child fails; otherwise returns the JSON it wrote to `result_file`.
     """
-    started = time.perf_counter()
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall_s = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.exit(f"The child {command[1:]} failed (exit {process.returncode}):\n{log_file.read_text()[-5000:]}")
+    run = run_logged(command, cwd, log_file)
+    if run.status != 0:
+        sys.exit(f"The child {command[1:]} failed (exit {run.status}):\n{log_file.read_text()[-5000:]}")
     if echo_log:
         print(log_file.read_text())
-    return ChildRun(wall_s, usage.ru_maxrss / 1024, json.loads(result_file.read_text(encoding="utf-8")))
+    return ChildRun(run.wall_s, run.usage.ru_maxrss / 1024, json.loads(result_file.read_text(encoding="utf-8")))
